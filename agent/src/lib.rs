@@ -1,0 +1,16 @@
+//! The Lateral agent: measures one gRPC backend and streams heartbeats to coordinators over QUIC.
+//!
+//! What this crate owns:
+//! - [`measurement`]: the normalised report every way of measuring produces ([`measurement::Measurement`])
+//!   and the [`measurement::MeasurementSource`] seam the reporter reads from;
+//! - measuring: a tower layer for tonic servers, an h2c reverse proxy for backends in any language, and a
+//!   poller for backends that expose a JSON load endpoint;
+//! - reporting: a QUIC server (quinn, mutual TLS) that gives every subscribing coordinator one persistent
+//!   stream and fans each measurement out to all of them, plus ORCA `endpoint-load-metrics-bin` trailers;
+//! - draining on SIGTERM or admin request.
+//!
+//! What it does not touch: weights. The agent reports; the coordinator (crate `lateral-balancer`) decides.
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod measurement;

@@ -1,0 +1,1 @@
+//! The client channel (placeholder, being written).

@@ -1,0 +1,1 @@
+//! The coordinator (placeholder, being written).

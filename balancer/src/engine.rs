@@ -1,0 +1,1 @@
+//! The weight engine (placeholder, being written).

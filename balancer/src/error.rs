@@ -1,0 +1,55 @@
+//! The crate's one error type.
+
+/// Everything that can go wrong in `lateral-balancer`, mapped to a `tonic::Status` at the gRPC boundary.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid: names the source (file or flag), the field and what was expected.
+    #[error("invalid configuration in {source_name}: field `{field}`: {expected}")]
+    Config {
+        /// File path or "flag --x" / "env LATERAL_X".
+        source_name: String,
+        /// Dotted path of the offending field.
+        field: String,
+        /// What was expected, and what was found.
+        expected: String,
+    },
+    /// A configuration file could not be read or parsed.
+    #[error("cannot load configuration {path}: {message}")]
+    ConfigFile {
+        /// The file.
+        path: String,
+        /// The reader's or parser's message (with line and column where known).
+        message: String,
+    },
+    /// The named service is not configured.
+    #[error("unknown service `{0}`")]
+    UnknownService(String),
+    /// No endpoint can take the request.
+    #[error("no endpoint available for `{service}`: {why}")]
+    NoEndpoint {
+        /// The service.
+        service: String,
+        /// Why every endpoint was passed over.
+        why: String,
+    },
+    /// A transport (QUIC, TLS, gRPC) failed.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// An I/O operation failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        match error {
+            Error::Config { .. } | Error::ConfigFile { .. } => tonic::Status::failed_precondition(message),
+            Error::UnknownService(_) => tonic::Status::not_found(message),
+            Error::NoEndpoint { .. } | Error::Transport(_) | Error::Io(_) => {
+                tonic::Status::unavailable(message)
+            }
+        }
+    }
+}
