@@ -13,4 +13,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod error;
 pub mod measurement;
+
+pub use error::Error;
