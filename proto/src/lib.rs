@@ -7,9 +7,12 @@
 //!   from the `endpoint-load-metrics-bin` trailer (vendored public proto);
 //! - [`heartbeat`]: the agent → coordinator heartbeat protocol carried on persistent QUIC streams: framing
 //!   (magic, version, length prefix, bincode-2 body), its messages and a bounded, panic-free decoder;
+//! - [`tls`]: the TLS configurations (mutual TLS from a CA, TLS 1.3, ALPN) both QUIC sides build from, and a
+//!   development CA ([`tls::DevPki`]);
 //! - [`demo`]: a small `Echo` service with every call kind, used by examples, benchmarks and tests.
 //!
-//! What it does not touch: sockets, QUIC, clocks, tasks. Encoding and decoding are pure functions over bytes;
+//! What it does not touch: sockets, QUIC, clocks, tasks (`tls` builds rustls configurations; each side wraps
+//! them for quinn). Encoding and decoding are pure functions over bytes;
 //! the agent and the coordinator own the streams.
 //!
 //! Code generation uses protox, so building needs no system `protoc`.
@@ -17,6 +20,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod heartbeat;
+pub mod tls;
 
 /// The coordinator API, `lateral.v1`.
 #[allow(missing_docs, clippy::all)]
