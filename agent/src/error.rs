@@ -21,4 +21,19 @@ pub enum Error {
     /// An I/O operation failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// An ORCA load report could not be decoded.
+    #[error("orca: {0}")]
+    Orca(String),
+    /// Polling a backend's JSON load endpoint failed (unreachable, timeout, bad status, oversized or
+    /// malformed body).
+    #[error("polling {url}: {reason}")]
+    Poll {
+        /// The load endpoint polled.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The request-id dedup store failed (the layer lets the request through).
+    #[error("dedup store: {0}")]
+    Dedup(String),
 }

@@ -15,5 +15,12 @@
 
 mod error;
 pub mod measurement;
+// measuring: recorder, layer, ORCA trailers, dedup, proxy, poller
+pub mod dedup;
+pub mod layer;
+pub mod orca;
+pub mod poll;
+pub mod proxy;
+pub mod recorder;
 
 pub use error::Error;

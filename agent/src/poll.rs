@@ -1,0 +1,1 @@
+//! The JSON load-endpoint poller (in progress).

@@ -1,0 +1,1 @@
+//! The h2c reverse proxy (in progress).
