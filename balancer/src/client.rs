@@ -1,1 +1,51 @@
-//! The client channel (placeholder, being written).
+//! The client channel: [`Balancer`], a drop-in replacement for `tonic::transport::Channel` that routes
+//! each request to one endpoint of a service by the latest coordinator weights.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use lateral_balancer::client::Balancer;
+//! use lateral_proto::demo::echo_client::EchoClient;
+//!
+//! let balancer = Balancer::builder("echo")
+//!     .endpoints([("a", "http://10.0.0.1:50051"), ("b", "http://10.0.0.2:50051")])
+//!     .static_weights([("a", 3.0), ("b", 1.0)])
+//!     .coordinator("http://127.0.0.1:7070")
+//!     .build()?;
+//! let mut client = EchoClient::new(balancer);
+//! # Ok(()) }
+//! ```
+//!
+//! How it is put together:
+//! - [`builder`]: configuration; [`Builder::build`] starts one policy task (and, in sidecar mode, the
+//!   `WatchWeights` subscriber of [`watch`]) on the current runtime and returns at once.
+//! - [`snapshot`]: the policy task turns weight snapshots into immutable pickers (membership, states,
+//!   staleness) and publishes them with `arc-swap`.
+//! - [`picker`]: the pick path: gRFC A58's static stride scheduler (lock-free, allocation-free), refined by
+//!   the client's own in-flight counts.
+//! - [`channel`]: the `tower::Service`: request ids, pick, dispatch on the endpoint's lazily-connected
+//!   tonic channel ([`endpoints`]), retries under a budget ([`retry`]), response tracking.
+//! - [`orca`]: ORCA trailers as a bounded fast signal between snapshots; [`metrics`]: Prometheus text.
+//!
+//! What it does not touch: computing weights (the engine and the coordinator do that) and deduplicating
+//! requests (the agent does, by `x-lateral-request-id`).
+
+pub mod builder;
+pub mod channel;
+pub mod endpoints;
+pub mod metrics;
+pub mod orca;
+pub mod picker;
+pub mod retry;
+pub mod snapshot;
+pub mod watch;
+
+pub use builder::Builder;
+pub use channel::{Balancer, BoxError};
+pub use endpoints::EndpointConfig;
+pub use metrics::ClientMetrics;
+pub use retry::RetryBudgetConfig;
+pub use snapshot::WeightsFeed;
+
+/// The request header carrying a request id that stays the same across retries, so the agent can drop a
+/// duplicate.
+pub const REQUEST_ID_HEADER: &str = "x-lateral-request-id";

@@ -1,0 +1,400 @@
+//! The `tower::Service` a generated tonic client drives: request ids, pick, dispatch, retry, response
+//! tracking.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio_util::sync::DropGuard;
+use tonic::body::Body;
+use tower::{Service, ServiceExt};
+
+use super::REQUEST_ID_HEADER;
+use super::endpoints::{EndpointHandle, InFlightGuard};
+use super::metrics::ClientMetrics;
+use super::orca;
+use super::retry::RetryBudget;
+use super::snapshot::Shared;
+
+/// The error type of [`Balancer`]: tonic turns it into a `Status` (a `tonic::Status` inside is kept as is,
+/// transport errors become UNAVAILABLE, as with a plain `Channel`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The future returned by [`Balancer::call`](Service::call).
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send + 'static>>;
+
+/// A drop-in replacement for `tonic::transport::Channel` that routes each request to one of a service's
+/// endpoints by the latest weights. Cheap to clone; clones share everything. Built with
+/// [`Balancer::builder`].
+#[derive(Debug, Clone)]
+pub struct Balancer {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// What every clone shares. Dropping the last clone stops the background tasks.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) idempotent: HashSet<String>,
+    pub(crate) budget: RetryBudget,
+    pub(crate) client_id: String,
+    pub(crate) next_request: AtomicU64,
+    pub(crate) max_replay_bytes: usize,
+    pub(crate) _stop: DropGuard,
+    pub(crate) _attached: Vec<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Balancer {
+    /// The client's metrics registry.
+    pub fn metrics(&self) -> &ClientMetrics {
+        &self.inner.shared.metrics
+    }
+
+    /// The service this balancer routes.
+    pub fn service(&self) -> &str {
+        &self.inner.shared.service
+    }
+
+    /// This client's id (the prefix of its request ids).
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// The ids of the endpoints in the current picker and their share of traffic (after ORCA), in [0, 1].
+    pub fn current_weights(&self) -> Vec<(String, f64)> {
+        let picker = self.inner.shared.picker.load();
+        picker
+            .endpoints
+            .iter()
+            .zip(&picker.shares)
+            .map(|(e, s)| (e.id().to_string(), *s))
+            .collect()
+    }
+}
+
+impl Service<Request<Body>> for Balancer {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    /// Always ready: readiness is per endpoint and is awaited inside the call, after the pick.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        Box::pin(Arc::clone(&self.inner).dispatch(request))
+    }
+}
+
+/// How a failed attempt may be retried.
+enum Outcome {
+    Done(Result<Response<Body>, BoxError>),
+    /// Worth retrying elsewhere if the body can be sent again and the budget allows.
+    Retry(Result<Response<Body>, BoxError>),
+}
+
+impl Inner {
+    async fn dispatch(self: Arc<Self>, request: Request<Body>) -> Result<Response<Body>, BoxError> {
+        let metrics = &self.shared.metrics;
+        metrics.requests.fetch_add(1, Ordering::Relaxed);
+        self.budget.deposit();
+        let (mut parts, body) = request.into_parts();
+        if !parts.headers.contains_key(REQUEST_ID_HEADER) {
+            let n = self.next_request.fetch_add(1, Ordering::Relaxed);
+            // The client id was validated as a header value at build time.
+            if let Ok(id) = HeaderValue::try_from(format!("{}-{n:x}", self.client_id)) {
+                parts.headers.insert(REQUEST_ID_HEADER, id);
+            }
+        }
+        let idempotent = self.idempotent.contains(parts.uri.path());
+        let body = RequestBody::prepare(body, self.max_replay_bytes)?;
+
+        let picker = self.shared.picker.load_full();
+        let Some(mut endpoint) = picker.pick().cloned() else {
+            metrics.no_endpoint.fetch_add(1, Ordering::Relaxed);
+            return Err(Box::new(tonic::Status::unavailable(
+                picker.why_empty.clone(),
+            )));
+        };
+        drop(picker);
+        let mut retried = false;
+        loop {
+            let attempt = Request::from_parts(parts.clone(), body.attempt());
+            let outcome = self
+                .attempt(&endpoint, attempt, idempotent && !retried)
+                .await;
+            let result = match outcome {
+                Outcome::Done(result) => return result,
+                Outcome::Retry(result) if retried || !body.can_send_again() => return result,
+                Outcome::Retry(result) => result,
+            };
+            let picker = self.shared.picker.load_full();
+            let Some(next) = picker.pick_other(&endpoint).cloned() else {
+                return result;
+            };
+            if !self.budget.withdraw() {
+                metrics.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(service = %self.shared.service, "retry budget exhausted; returning the failure");
+                return result;
+            }
+            metrics.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                service = %self.shared.service,
+                from = %endpoint.id(),
+                to = %next.id(),
+                path = %parts.uri.path(),
+                "retrying on another endpoint"
+            );
+            drop(result);
+            endpoint = next;
+            retried = true;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        endpoint: &Arc<EndpointHandle>,
+        request: Request<Body>,
+        idempotent: bool,
+    ) -> Outcome {
+        let guard = endpoint.start();
+        let mut channel = endpoint.channel();
+        let result = match channel.ready().await {
+            Ok(channel) => channel.call(request).await,
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(response) => {
+                if let Some(u) = orca::utilization_from(response.headers()) {
+                    self.shared.on_orca(endpoint, u);
+                }
+                let unavailable = response
+                    .headers()
+                    .get("grpc-status")
+                    .is_some_and(|v| v.as_bytes() == b"14");
+                let shared = Arc::clone(&self.shared);
+                let response = response.map(|inner| {
+                    Body::new(TrackedBody {
+                        inner,
+                        guard: Some(guard),
+                        shared,
+                    })
+                });
+                if unavailable && idempotent {
+                    Outcome::Retry(Ok(response))
+                } else {
+                    Outcome::Done(Ok(response))
+                }
+            }
+            // No response at all: connect refused, reset before the response headers, a dead endpoint.
+            Err(error) => {
+                drop(guard);
+                Outcome::Retry(Err(error.into()))
+            }
+        }
+    }
+}
+
+/// A request body prepared for (possibly) more than one attempt.
+enum RequestBody {
+    /// Fully read without waiting and within the replay limit (every unary and server-streaming call, and
+    /// small client streams that were already complete): each attempt sends a copy.
+    Replayable(Bytes),
+    /// Still streaming: the first attempt gets it; a retry gets it back only if the transport never read it.
+    Streaming(Arc<Reclaim>),
+}
+
+impl RequestBody {
+    /// Reads what the body has ready now (without waiting), up to `limit` bytes.
+    fn prepare(mut body: Body, limit: usize) -> Result<Self, BoxError> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut prefix: VecDeque<Frame<Bytes>> = VecDeque::new();
+        let mut size = 0usize;
+        let mut complete = false;
+        loop {
+            if body.is_end_stream() {
+                complete = true;
+                break;
+            }
+            match Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(None) => {
+                    complete = true;
+                    break;
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let is_data = frame.is_data();
+                    size += frame.data_ref().map_or(0, Bytes::len);
+                    prefix.push_back(frame);
+                    if !is_data || size > limit {
+                        break;
+                    }
+                }
+                Poll::Ready(Some(Err(status))) => return Err(Box::new(status)),
+                Poll::Pending => break,
+            }
+        }
+        if complete && prefix.iter().all(Frame::is_data) {
+            let bytes = match prefix.len() {
+                0 => Bytes::new(),
+                1 => prefix
+                    .pop_front()
+                    .and_then(|f| f.into_data().ok())
+                    .unwrap_or_default(),
+                _ => {
+                    let mut all = BytesMut::with_capacity(size);
+                    for frame in prefix {
+                        if let Some(data) = frame.data_ref() {
+                            all.extend_from_slice(data);
+                        }
+                    }
+                    all.freeze()
+                }
+            };
+            return Ok(Self::Replayable(bytes));
+        }
+        Ok(Self::Streaming(Arc::new(Reclaim {
+            started: AtomicBool::new(false),
+            body: Mutex::new(Some(PrefixedBody { prefix, rest: body })),
+        })))
+    }
+
+    /// The body of the next attempt.
+    fn attempt(&self) -> Body {
+        match self {
+            Self::Replayable(bytes) => Body::new(http_body_util::Full::new(bytes.clone())),
+            Self::Streaming(reclaim) => Body::new(ReclaimBody {
+                reclaim: Arc::clone(reclaim),
+                body: None,
+            }),
+        }
+    }
+
+    /// Whether a further attempt can carry the whole body.
+    fn can_send_again(&self) -> bool {
+        match self {
+            Self::Replayable(_) => true,
+            Self::Streaming(reclaim) => {
+                !reclaim.started.load(Ordering::Acquire)
+                    && reclaim
+                        .body
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .is_some()
+            }
+        }
+    }
+}
+
+/// A streaming body parked until an attempt's transport first reads it.
+struct Reclaim {
+    started: AtomicBool,
+    body: Mutex<Option<PrefixedBody>>,
+}
+
+/// The frames read while preparing, then the rest of the body.
+struct PrefixedBody {
+    prefix: VecDeque<Frame<Bytes>>,
+    rest: Body,
+}
+
+impl http_body::Body for PrefixedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        if let Some(frame) = self.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.is_end_stream()
+    }
+}
+
+/// One attempt's view of a [`Reclaim`]: takes the body out on the first read.
+struct ReclaimBody {
+    reclaim: Arc<Reclaim>,
+    body: Option<PrefixedBody>,
+}
+
+impl http_body::Body for ReclaimBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        if self.body.is_none() {
+            self.reclaim.started.store(true, Ordering::Release);
+            let taken = self
+                .reclaim
+                .body
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            self.body = taken;
+        }
+        match self.body.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(Some(Err(tonic::Status::internal(
+                "request body was already sent",
+            )))),
+        }
+    }
+}
+
+/// A response body that un-counts its request when it ends (or is dropped) and reads ORCA trailers.
+struct TrackedBody {
+    inner: Body,
+    guard: Option<InFlightGuard>,
+    shared: Arc<Shared>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    if let (Some(u), Some(guard)) =
+                        (orca::utilization_from(trailers), self.guard.as_ref())
+                    {
+                        self.shared.on_orca(guard.endpoint(), u);
+                    }
+                    self.guard = None;
+                }
+            }
+            Poll::Ready(_) => self.guard = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

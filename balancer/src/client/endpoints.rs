@@ -1,0 +1,128 @@
+//! Per-endpoint state: one lazily-connected tonic channel, the client's own in-flight count, and the ORCA
+//! fast signal.
+//!
+//! A handle is shared (`Arc`) by the endpoint table, every published picker snapshot and every in-flight
+//! call. When a snapshot removes an endpoint, the table and the next picker drop their references, but calls
+//! in flight keep theirs, so the channel (and its connection) lives until the last of them finishes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tonic::transport::{Channel, Endpoint};
+
+use super::orca::OrcaSignal;
+use crate::Error;
+
+/// Static configuration of one endpoint, as given to the builder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointConfig {
+    /// Stable id, unique within the service.
+    pub id: String,
+    /// The gRPC address: a URI (`http://127.0.0.1:50051`) or `host:port`.
+    pub address: String,
+    /// Zone or locality; empty when unknown.
+    pub zone: String,
+    /// Labels from configuration.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One endpoint the client can send to.
+#[derive(Debug)]
+pub(crate) struct EndpointHandle {
+    id: Arc<str>,
+    address: String,
+    channel: Channel,
+    in_flight: AtomicUsize,
+    total_in_flight: Arc<AtomicUsize>,
+    picks: Arc<AtomicU64>,
+    pub(crate) orca: OrcaSignal,
+}
+
+impl EndpointHandle {
+    /// Creates the handle and its lazily-connected channel (nothing is dialed until the first request).
+    pub(crate) fn new(
+        id: &str,
+        address: &str,
+        total_in_flight: Arc<AtomicUsize>,
+        picks: Arc<AtomicU64>,
+    ) -> Result<Self, Error> {
+        let uri = normalize_address(address);
+        let endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| Error::Config {
+            source_name: "endpoint list".into(),
+            field: format!("endpoints.{id}.address"),
+            expected: format!("a gRPC URI or host:port, found `{address}`: {e}"),
+        })?;
+        let channel = endpoint.tcp_nodelay(true).connect_lazy();
+        Ok(Self {
+            id: Arc::from(id),
+            address: uri,
+            channel,
+            in_flight: AtomicUsize::new(0),
+            total_in_flight,
+            picks,
+            orca: OrcaSignal::default(),
+        })
+    }
+
+    /// The endpoint's id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The normalised URI the channel dials.
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// A clone of the endpoint's channel (cheap: channels are handles to a shared buffer).
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// This client's requests in flight on this endpoint.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a pick and a new in-flight request; the guard un-counts the request when dropped.
+    pub(crate) fn start(self: &Arc<Self>) -> InFlightGuard {
+        self.picks.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.total_in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard {
+            endpoint: Arc::clone(self),
+        }
+    }
+}
+
+/// Holds one in-flight request against an endpoint (and the endpoint itself alive).
+#[derive(Debug)]
+pub(crate) struct InFlightGuard {
+    endpoint: Arc<EndpointHandle>,
+}
+
+impl InFlightGuard {
+    /// The endpoint this request went to.
+    pub(crate) fn endpoint(&self) -> &Arc<EndpointHandle> {
+        &self.endpoint
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint
+            .total_in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `host:port` becomes `http://host:port`; anything with a scheme is kept.
+pub(crate) fn normalize_address(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
+}

@@ -1,0 +1,371 @@
+//! The policy side: turns weight snapshots (and ORCA signals) into published pickers.
+//!
+//! One task per [`Balancer`](super::Balancer) owns the endpoint table with `&mut self`, handles events
+//! (a new snapshot from the feed, the staleness deadline, an ORCA report) and publishes an immutable
+//! [`PickerSnapshot`] with `arc-swap`, like tonic's `grpc/src/client/load_balancing` policies publish an `Arc`
+//! picker. Requests never wait for this task.
+//!
+//! Snapshot rules:
+//! - A snapshot is authoritative for membership: endpoints it lists but the builder did not configure are
+//!   dialed at the snapshot's address (logged); configured endpoints it does not list are removed (in-flight
+//!   calls on them finish: they hold the endpoint).
+//! - A snapshot whose version is not above the one in use is a keep-alive: it refreshes the staleness
+//!   deadline but changes nothing else. A snapshot for another service is ignored (logged).
+//! - EJECTED, TRIPPED and DRAINING endpoints, and those at zero weight, get nothing.
+//! - Staleness: when no snapshot (or keep-alive) arrives within 2 × the snapshot's `heartbeat_interval`, the
+//!   last good weights stay in use, the stale flag is set, one warning is logged and
+//!   `lateral_client_stale_events_total` is bumped; the next snapshot clears it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use lateral_proto::coordinator::{EndpointState, WeightSnapshot};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{Notify, watch};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::endpoints::{EndpointConfig, EndpointHandle};
+use super::metrics::ClientMetrics;
+use super::orca;
+use super::picker::{PickerSnapshot, StrideScheduler};
+use crate::Error;
+
+/// The receiving end of a weight feed: the latest snapshot, `None` until there is one.
+pub type WeightsFeed = watch::Receiver<Option<Arc<WeightSnapshot>>>;
+
+/// The heartbeat interval assumed when a snapshot does not carry one.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// What the pick path and the policy task share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) service: String,
+    pub(crate) picker: ArcSwap<PickerSnapshot>,
+    pub(crate) metrics: Arc<ClientMetrics>,
+    pub(crate) total_in_flight: Arc<AtomicUsize>,
+    /// Set by a response carrying an ORCA report; the policy task republishes soon after.
+    pub(crate) orca_dirty: AtomicBool,
+    pub(crate) orca_notify: Notify,
+}
+
+impl Shared {
+    /// Records an ORCA report read from a response of `endpoint`.
+    pub(crate) fn on_orca(&self, endpoint: &EndpointHandle, utilization: f64) {
+        endpoint.orca.record(utilization);
+        self.metrics.orca_reports.fetch_add(1, Ordering::Relaxed);
+        if !self.orca_dirty.swap(true, Ordering::AcqRel) {
+            self.orca_notify.notify_one();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    handle: Arc<EndpointHandle>,
+    /// The coordinator's (or the static) weight, before ORCA.
+    weight: f64,
+    state: EndpointState,
+}
+
+/// The endpoint table and the rules that publish pickers from it.
+#[derive(Debug)]
+pub(crate) struct Policy {
+    shared: Arc<Shared>,
+    entries: Vec<Entry>,
+    last_version: Option<u64>,
+    stale_deadline: Option<Instant>,
+    rng: SmallRng,
+    refine_by_in_flight: bool,
+    orca_refresh: Duration,
+}
+
+impl Policy {
+    /// The table from static configuration: `weights` by id (all configured endpoints or none: equal).
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        configured: &[EndpointConfig],
+        weights: &HashMap<String, f64>,
+        seed: Option<u64>,
+        refine_by_in_flight: bool,
+        orca_refresh: Duration,
+    ) -> Result<Self, Error> {
+        let rng = match seed {
+            Some(seed) => SmallRng::seed_from_u64(seed),
+            None => SmallRng::from_rng(&mut rand::rng()),
+        };
+        let mut entries = Vec::with_capacity(configured.len());
+        for config in configured {
+            let weight = if weights.is_empty() {
+                1.0
+            } else {
+                weights.get(&config.id).copied().unwrap_or(0.0)
+            };
+            let handle = EndpointHandle::new(
+                &config.id,
+                &config.address,
+                Arc::clone(&shared.total_in_flight),
+                shared.metrics.picks_counter(&config.id),
+            )?;
+            entries.push(Entry {
+                handle: Arc::new(handle),
+                weight,
+                state: EndpointState::Active,
+            });
+        }
+        let mut policy = Self {
+            shared,
+            entries,
+            last_version: None,
+            stale_deadline: None,
+            rng,
+            refine_by_in_flight,
+            orca_refresh,
+        };
+        policy.publish();
+        Ok(policy)
+    }
+
+    /// Applies a snapshot (see the module docs). `now` is the receive time.
+    pub(crate) fn apply(&mut self, snapshot: &WeightSnapshot, now: Instant) {
+        let service = &self.shared.service;
+        if !snapshot.service.is_empty() && snapshot.service != *service {
+            tracing::warn!(%service, got = %snapshot.service, "ignoring a weight snapshot for another service");
+            return;
+        }
+        let heartbeat = snapshot
+            .heartbeat_interval
+            .and_then(|d| Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_HEARTBEAT);
+        self.stale_deadline = Some(now + 2 * heartbeat);
+        if self.shared.metrics.stale.swap(false, Ordering::Relaxed) {
+            tracing::info!(%service, version = snapshot.version, "weight snapshots resumed; weights fresh again");
+        }
+        if self.last_version.is_some_and(|v| snapshot.version <= v) {
+            return;
+        }
+        self.last_version = Some(snapshot.version);
+
+        let mut old: HashMap<String, Arc<EndpointHandle>> = self
+            .entries
+            .drain(..)
+            .map(|e| (e.handle.id().to_string(), e.handle))
+            .collect();
+        let mut entries = Vec::with_capacity(snapshot.endpoints.len());
+        for ew in &snapshot.endpoints {
+            if entries.iter().any(|e: &Entry| e.handle.id() == ew.id) {
+                tracing::warn!(%service, endpoint = %ew.id, "duplicate endpoint id in a weight snapshot; first kept");
+                continue;
+            }
+            let address = super::endpoints::normalize_address(&ew.address);
+            let handle = match old.remove(&ew.id) {
+                Some(h) if ew.address.is_empty() || h.address() == address => h,
+                previous => {
+                    if ew.address.is_empty() {
+                        tracing::warn!(%service, endpoint = %ew.id, "snapshot endpoint without an address; skipped");
+                        continue;
+                    }
+                    match EndpointHandle::new(
+                        &ew.id,
+                        &ew.address,
+                        Arc::clone(&self.shared.total_in_flight),
+                        self.shared.metrics.picks_counter(&ew.id),
+                    ) {
+                        Ok(h) => {
+                            if previous.is_some() {
+                                tracing::info!(%service, endpoint = %ew.id, %address, "endpoint moved; dialing its new address");
+                            } else {
+                                tracing::info!(%service, endpoint = %ew.id, %address, "endpoint added by the coordinator; dialing the snapshot's address");
+                            }
+                            Arc::new(h)
+                        }
+                        Err(e) => {
+                            tracing::warn!(%service, endpoint = %ew.id, error = %e, "cannot use a snapshot endpoint");
+                            continue;
+                        }
+                    }
+                }
+            };
+            let weight = if ew.weight.is_finite() && ew.weight > 0.0 {
+                ew.weight
+            } else {
+                f64::from(ew.load_balancing_weight) / 1e6
+            };
+            let state = EndpointState::try_from(ew.state).unwrap_or(EndpointState::Unspecified);
+            entries.push(Entry {
+                handle,
+                weight,
+                state,
+            });
+        }
+        for id in old.keys() {
+            tracing::info!(%service, endpoint = %id, "endpoint removed by the coordinator; in-flight calls finish");
+        }
+        self.entries = entries;
+        for e in &self.entries {
+            e.handle.orca.reset();
+        }
+        self.shared.orca_dirty.store(false, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .snapshot_version
+            .store(snapshot.version, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .snapshots
+            .fetch_add(1, Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// Marks the weights stale if the deadline passed (once per stale period).
+    pub(crate) fn check_stale(&mut self, now: Instant) {
+        if self.stale_deadline.is_some_and(|d| now >= d)
+            && !self.shared.metrics.stale.swap(true, Ordering::Relaxed)
+        {
+            self.shared
+                .metrics
+                .stale_events
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                service = %self.shared.service,
+                version = self.last_version.unwrap_or(0),
+                "no weight snapshot within two heartbeat intervals: keeping the last good weights (stale)"
+            );
+        }
+    }
+
+    fn excluded(state: EndpointState) -> Option<&'static str> {
+        match state {
+            EndpointState::Ejected => Some("ejected"),
+            EndpointState::Tripped => Some("tripped"),
+            EndpointState::Draining => Some("draining"),
+            _ => None,
+        }
+    }
+
+    /// Builds and publishes a picker from the table and the ORCA signals.
+    pub(crate) fn publish(&mut self) {
+        let mut weights: Vec<f64> = self
+            .entries
+            .iter()
+            .map(|e| {
+                if Self::excluded(e.state).is_some() || !e.weight.is_finite() {
+                    0.0
+                } else {
+                    e.weight.max(0.0)
+                }
+            })
+            .collect();
+        let utilizations: Vec<Option<f64>> = self
+            .entries
+            .iter()
+            .map(|e| e.handle.orca.utilization())
+            .collect();
+        orca::blend(&mut weights, &utilizations);
+        let scheduler = StrideScheduler::new(&weights, self.rng.random());
+        let sum: f64 = weights.iter().sum();
+        let shares = weights
+            .iter()
+            .map(|w| if sum > 0.0 { w / sum } else { 0.0 })
+            .collect();
+        let why_empty = if scheduler.is_some() {
+            String::new()
+        } else {
+            self.why_empty()
+        };
+        let picker = PickerSnapshot {
+            endpoints: self.entries.iter().map(|e| Arc::clone(&e.handle)).collect(),
+            shares,
+            scheduler,
+            why_empty,
+            total_in_flight: Arc::clone(&self.shared.total_in_flight),
+            refine_by_in_flight: self.refine_by_in_flight,
+        };
+        self.shared.picker.store(Arc::new(picker));
+    }
+
+    fn why_empty(&self) -> String {
+        let service = &self.shared.service;
+        if self.entries.is_empty() {
+            return match self.last_version {
+                Some(v) => format!(
+                    "the latest weight snapshot (version {v}) lists no endpoints of `{service}`"
+                ),
+                None => format!("no endpoints of `{service}` are configured"),
+            };
+        }
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for e in &self.entries {
+            let why = Self::excluded(e.state).unwrap_or("at zero weight");
+            match counts.iter_mut().find(|(w, _)| *w == why) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((why, 1)),
+            }
+        }
+        let kinds: Vec<&str> = counts.iter().map(|(w, _)| *w).collect();
+        let detail: Vec<String> = counts.iter().map(|(w, n)| format!("{n} {w}")).collect();
+        format!(
+            "all {} endpoints of `{service}` are {} ({})",
+            self.entries.len(),
+            kinds.join(" or "),
+            detail.join(", ")
+        )
+    }
+
+    /// Runs the policy until `cancel` fires: applies snapshots from `feed`, watches staleness, republishes
+    /// after ORCA reports (at most every `orca_refresh`).
+    pub(crate) async fn run(mut self, feed: Option<WeightsFeed>, cancel: CancellationToken) {
+        let mut feed = feed;
+        if let Some(rx) = feed.as_mut() {
+            let current = rx.borrow_and_update().clone();
+            if let Some(snapshot) = current {
+                self.apply(&snapshot, Instant::now());
+            }
+        }
+        let far = || Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut rebuild_at: Option<Instant> = None;
+        loop {
+            let stale_at = match self.stale_deadline {
+                Some(d) if !self.shared.metrics.stale() => Some(d),
+                _ => None,
+            };
+            let changed = async {
+                match feed.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                open = changed => {
+                    if open {
+                        let current = feed.as_mut().and_then(|rx| rx.borrow_and_update().clone());
+                        if let Some(snapshot) = current {
+                            self.apply(&snapshot, Instant::now());
+                        }
+                    } else {
+                        tracing::info!(service = %self.shared.service, "weight feed closed; keeping the last weights");
+                        feed = None;
+                    }
+                }
+                _ = sleep_until(stale_at.unwrap_or_else(far)), if stale_at.is_some() => {
+                    self.check_stale(Instant::now());
+                }
+                _ = self.shared.orca_notify.notified(), if rebuild_at.is_none() => {
+                    rebuild_at = Some(Instant::now() + self.orca_refresh);
+                }
+                _ = sleep_until(rebuild_at.unwrap_or_else(far)), if rebuild_at.is_some() => {
+                    rebuild_at = None;
+                    if self.shared.orca_dirty.swap(false, Ordering::AcqRel) {
+                        self.publish();
+                    }
+                }
+            }
+        }
+    }
+}
