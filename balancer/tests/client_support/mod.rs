@@ -132,6 +132,13 @@ pub struct Killable {
 
 impl Killable {
     pub fn start(backend: Backend) -> Self {
+        // Built on a plain thread: a runtime cannot be blocked on from inside the test's runtime.
+        std::thread::spawn(move || Self::start_here(backend))
+            .join()
+            .unwrap()
+    }
+
+    fn start_here(backend: Backend) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
