@@ -31,7 +31,7 @@ mod frame;
 mod message;
 
 pub use frame::{
-    FrameError, FrameHeader, HEADER_LEN, MAGIC, MAX_BODY_LEN, PROTOCOL_VERSION, decode, decode_body,
-    encode,
+    FrameError, FrameHeader, HEADER_LEN, MAGIC, MAX_BODY_LEN, PROTOCOL_VERSION, decode,
+    decode_body, encode,
 };
 pub use message::{Goodbye, Heartbeat, Hello, Message, capability};

@@ -4,23 +4,31 @@ use lateral_proto::coordinator::{
     Decision, EndpointState, EndpointWeight, GetDecisionsResponse, WeightSnapshot,
 };
 use lateral_proto::orca::OrcaLoadReport;
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 
 fn endpoint() -> impl Strategy<Value = EndpointWeight> {
-    ("[a-z0-9-]{1,12}", "[a-z0-9.:]{1,20}", "[a-z-]{0,8}", 0.0f64..=1.0, 0i32..=6, ".{0,30}").prop_map(
-        |(id, address, zone, weight, state, reason)| EndpointWeight {
-            id,
-            address,
-            zone,
-            labels: [("track".to_string(), "stable".to_string())].into(),
-            weight,
-            load_balancing_weight: (weight * 1e6) as u32,
-            state,
-            rule: "capacity".into(),
-            reason,
-        },
+    (
+        "[a-z0-9-]{1,12}",
+        "[a-z0-9.:]{1,20}",
+        "[a-z-]{0,8}",
+        0.0f64..=1.0,
+        0i32..=6,
+        ".{0,30}",
     )
+        .prop_map(
+            |(id, address, zone, weight, state, reason)| EndpointWeight {
+                id,
+                address,
+                zone,
+                labels: [("track".to_string(), "stable".to_string())].into(),
+                weight,
+                load_balancing_weight: (weight * 1e6) as u32,
+                state,
+                rule: "capacity".into(),
+                reason,
+            },
+        )
 }
 
 proptest! {
@@ -87,9 +95,17 @@ proptest! {
 #[test]
 fn orca_field_numbers_match_the_public_proto() {
     // rps_fractional is field 6 (double, wire type 1): tag byte (6 << 3) | 1 = 0x31.
-    let bytes = OrcaLoadReport { rps_fractional: 1.0, ..Default::default() }.encode_to_vec();
+    let bytes = OrcaLoadReport {
+        rps_fractional: 1.0,
+        ..Default::default()
+    }
+    .encode_to_vec();
     assert_eq!(bytes[0], 0x31);
     // application_utilization is field 9: (9 << 3) | 1 = 0x49.
-    let bytes = OrcaLoadReport { application_utilization: 1.0, ..Default::default() }.encode_to_vec();
+    let bytes = OrcaLoadReport {
+        application_utilization: 1.0,
+        ..Default::default()
+    }
+    .encode_to_vec();
     assert_eq!(bytes[0], 0x49);
 }

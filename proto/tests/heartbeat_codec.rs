@@ -1,8 +1,8 @@
 //! The heartbeat frame codec: every message round-trips, and every bad input is an error, never a panic.
 
 use lateral_proto::heartbeat::{
-    FrameError, Goodbye, HEADER_LEN, Heartbeat, Hello, MAGIC, MAX_BODY_LEN, Message, PROTOCOL_VERSION,
-    decode, encode,
+    FrameError, Goodbye, HEADER_LEN, Heartbeat, Hello, MAGIC, MAX_BODY_LEN, Message,
+    PROTOCOL_VERSION, decode, encode,
 };
 use proptest::prelude::*;
 
@@ -14,46 +14,60 @@ fn hello() -> impl Strategy<Value = Message> {
         proptest::collection::vec(".{0,20}", 0..5),
         any::<u32>(),
     )
-        .prop_map(|(agent_id, endpoint_id, protocol_version, capabilities, interval)| {
-            Message::Hello(Hello {
-                agent_id,
-                endpoint_id,
-                protocol_version,
-                capabilities,
-                heartbeat_interval_ms: interval,
-            })
-        })
+        .prop_map(
+            |(agent_id, endpoint_id, protocol_version, capabilities, interval)| {
+                Message::Hello(Hello {
+                    agent_id,
+                    endpoint_id,
+                    protocol_version,
+                    capabilities,
+                    heartbeat_interval_ms: interval,
+                })
+            },
+        )
 }
 
 fn heartbeat() -> impl Strategy<Value = Message> {
     (
-        (any::<u64>(), any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+        ),
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()),
         (any::<Option<u32>>(), any::<Option<f64>>(), any::<u64>()),
     )
-        .prop_map(|((sequence, in_flight, completed, failed, window_us), lat, rest)| {
-            let (latency_mean_us, latency_p50_us, latency_p99_us, accepting) = lat;
-            let (declared_capacity, utilization, sender_monotonic_us) = rest;
-            Message::Heartbeat(Heartbeat {
-                sequence,
-                in_flight,
-                completed,
-                failed,
-                window_us,
-                latency_mean_us,
-                latency_p50_us,
-                latency_p99_us,
-                accepting,
-                declared_capacity,
-                utilization,
-                sender_monotonic_us,
-            })
-        })
+        .prop_map(
+            |((sequence, in_flight, completed, failed, window_us), lat, rest)| {
+                let (latency_mean_us, latency_p50_us, latency_p99_us, accepting) = lat;
+                let (declared_capacity, utilization, sender_monotonic_us) = rest;
+                Message::Heartbeat(Heartbeat {
+                    sequence,
+                    in_flight,
+                    completed,
+                    failed,
+                    window_us,
+                    latency_mean_us,
+                    latency_p50_us,
+                    latency_p99_us,
+                    accepting,
+                    declared_capacity,
+                    utilization,
+                    sender_monotonic_us,
+                })
+            },
+        )
 }
 
 fn goodbye() -> impl Strategy<Value = Message> {
-    (".{0,60}", any::<u32>())
-        .prop_map(|(reason, drain_grace_ms)| Message::Goodbye(Goodbye { reason, drain_grace_ms }))
+    (".{0,60}", any::<u32>()).prop_map(|(reason, drain_grace_ms)| {
+        Message::Goodbye(Goodbye {
+            reason,
+            drain_grace_ms,
+        })
+    })
 }
 
 fn message() -> impl Strategy<Value = Message> {
@@ -66,8 +80,13 @@ fn same(a: &Message, b: &Message) -> bool {
         (Message::Heartbeat(x), Message::Heartbeat(y)) => {
             let bits = |u: Option<f64>| u.map(f64::to_bits);
             bits(x.utilization) == bits(y.utilization)
-                && Heartbeat { utilization: None, ..x.clone() }
-                    == Heartbeat { utilization: None, ..y.clone() }
+                && Heartbeat {
+                    utilization: None,
+                    ..x.clone()
+                } == Heartbeat {
+                    utilization: None,
+                    ..y.clone()
+                }
         }
         _ => a == b,
     }
@@ -151,7 +170,9 @@ fn sample() -> Message {
 fn wrong_magic_is_refused_from_the_first_byte() {
     assert_eq!(
         decode(b"G"),
-        Err(FrameError::BadMagic { found: [b'G', 0, 0, 0] }),
+        Err(FrameError::BadMagic {
+            found: [b'G', 0, 0, 0]
+        }),
         "an HTTP or TLS peer is refused before ten bytes arrive"
     );
     let mut frame = encode(&sample()).unwrap();
@@ -171,7 +192,12 @@ fn unknown_version_is_refused_with_a_clear_error() {
 #[test]
 fn oversized_and_empty_lengths_are_refused_before_reading_the_body() {
     let too_big = header(PROTOCOL_VERSION, MAX_BODY_LEN as u32 + 1);
-    assert_eq!(decode(&too_big), Err(FrameError::BadLength { len: MAX_BODY_LEN as u64 + 1 }));
+    assert_eq!(
+        decode(&too_big),
+        Err(FrameError::BadLength {
+            len: MAX_BODY_LEN as u64 + 1
+        })
+    );
     let huge = header(PROTOCOL_VERSION, u32::MAX);
     assert!(matches!(decode(&huge), Err(FrameError::BadLength { .. })));
     let empty = header(PROTOCOL_VERSION, 0);
@@ -185,7 +211,10 @@ fn a_truncated_body_is_an_error_not_a_panic() {
     // Claim the full length but cut the body short inside the frame: the header says 3 bytes.
     let mut short = header(PROTOCOL_VERSION, 3);
     short.extend(&frame[HEADER_LEN..HEADER_LEN + 3]);
-    assert!(matches!(decode(&short), Err(FrameError::Body(_))), "{body_len}");
+    assert!(
+        matches!(decode(&short), Err(FrameError::Body(_))),
+        "{body_len}"
+    );
 }
 
 #[test]

@@ -29,7 +29,9 @@ pub enum FrameError {
         found: [u8; 4],
     },
     /// The frame's version is one this decoder does not speak.
-    #[error("unsupported heartbeat protocol version {found}; this build speaks version {PROTOCOL_VERSION}")]
+    #[error(
+        "unsupported heartbeat protocol version {found}; this build speaks version {PROTOCOL_VERSION}"
+    )]
     UnsupportedVersion {
         /// The version in the frame header.
         found: u16,
@@ -71,9 +73,14 @@ impl FrameHeader {
         }
         let len = u32::from_be_bytes([l0, l1, l2, l3]);
         if len == 0 || len as usize > MAX_BODY_LEN {
-            return Err(FrameError::BadLength { len: u64::from(len) });
+            return Err(FrameError::BadLength {
+                len: u64::from(len),
+            });
         }
-        Ok(Self { version, body_len: len as usize })
+        Ok(Self {
+            version,
+            body_len: len as usize,
+        })
     }
 }
 
@@ -100,7 +107,9 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, FrameError> {
 /// how newer peers append fields (see the module docs).
 pub fn decode_body(body: &[u8]) -> Result<Message, FrameError> {
     if body.is_empty() || body.len() > MAX_BODY_LEN {
-        return Err(FrameError::BadLength { len: body.len() as u64 });
+        return Err(FrameError::BadLength {
+            len: body.len() as u64,
+        });
     }
     bincode::decode_from_slice(body, BINCODE)
         .map(|(message, _read)| message)
