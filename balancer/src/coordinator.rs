@@ -1,1 +1,249 @@
-//! The coordinator (placeholder, being written).
+//! The coordinator: the I/O shell around the [`crate::engine`].
+//!
+//! It knows each service's endpoints (static configuration or DNS names re-resolved periodically), dials every
+//! endpoint's agent over QUIC with mutual TLS ([`ingest`]), stamps every heartbeat with its own monotonic receive
+//! time, feeds the engine and ticks it ([`driver`]), and publishes weights: in process through
+//! [`Coordinator::subscribe`] (the embedded mode the client balancer uses by default) and over gRPC as
+//! `lateral.v1.Coordinator/WatchWeights` ([`service`]). Every decision is logged as a structured `tracing` event
+//! (target `lateral::decision`) and kept in a bounded [`DecisionLog`] served by `GetDecisions`.
+//!
+//! The driver is the only code that reads a clock, and it reads tokio's, so tests with paused time drive it.
+
+pub mod config;
+mod decision_log;
+mod dns;
+mod driver;
+mod ingest;
+mod service;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use lateral_proto::coordinator::coordinator_server::CoordinatorServer;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub use config::CoordinatorConfig;
+pub use decision_log::DecisionLog;
+pub use driver::WeightsReceiver;
+pub use ingest::IngestStats;
+pub use service::CoordinatorService;
+
+use crate::Error;
+use driver::{Command, Driver};
+
+/// How many decisions (and alerts) the in-memory log keeps.
+const DECISION_LOG_CAPACITY: usize = 10_000;
+/// Ingest events waiting for the driver; beyond this, heartbeats are dropped (and counted), never queued.
+const INGEST_QUEUE: usize = 4096;
+
+/// What the gRPC service and embedding code share with a running coordinator.
+pub struct CoordinatorHandle {
+    commands: mpsc::Sender<Command>,
+    log: Arc<DecisionLog>,
+    stats: Arc<IngestStats>,
+    services: RwLock<BTreeSet<String>>,
+}
+
+impl CoordinatorHandle {
+    /// Subscribes to a service's weights: the receiver holds the latest snapshot and is notified on every
+    /// change and, with an unchanged snapshot, every heartbeat interval.
+    pub async fn subscribe(&self, service: &str) -> Result<WeightsReceiver, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Subscribe(service.to_string(), reply))
+            .await
+            .map_err(|_| Error::Transport("the coordinator has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Transport("the coordinator has stopped".into()))?
+            .ok_or_else(|| Error::UnknownService(service.to_string()))
+    }
+
+    /// Whether a service of this name is configured.
+    pub fn has_service(&self, service: &str) -> bool {
+        self.services.read().map(|s| s.contains(service)).unwrap_or(false)
+    }
+
+    /// The decision and alert log.
+    pub fn decisions(&self) -> &DecisionLog {
+        &self.log
+    }
+
+    /// Ingest counters.
+    pub fn stats(&self) -> &IngestStats {
+        &self.stats
+    }
+}
+
+/// A running coordinator. Dropping it stops everything it started.
+pub struct Coordinator {
+    handle: Arc<CoordinatorHandle>,
+    driver: JoinHandle<()>,
+    grpc: Option<(SocketAddr, JoinHandle<()>, oneshot::Sender<()>)>,
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.driver.abort();
+        if let Some((_, task, _)) = &self.grpc {
+            task.abort();
+        }
+    }
+}
+
+impl Coordinator {
+    /// Validates `config`, starts ingest for every endpoint, the driver, and the gRPC server if
+    /// `listen.grpc` is set (port 0 picks a free port; see [`Coordinator::grpc_addr`]).
+    pub async fn start(config: CoordinatorConfig) -> Result<Self, Error> {
+        config.validate("the configuration")?;
+        let quic = client_endpoint(&config)?;
+        let stats = Arc::new(IngestStats::default());
+        let log = Arc::new(DecisionLog::new(DECISION_LOG_CAPACITY));
+        let (event_tx, event_rx) = mpsc::channel(INGEST_QUEUE);
+        let (command_tx, command_rx) = mpsc::channel(64);
+        let (client_config, server_name) = quic_client_config(&config)?;
+        let settings = ingest::IngestSettings {
+            quic,
+            client_config,
+            server_name,
+            heartbeat_interval: config.engine.heartbeat_interval,
+            stats: stats.clone(),
+            events: event_tx,
+        };
+        let services = config.services.iter().map(|s| s.name.clone()).collect();
+        let grpc_listen = config.listen.grpc;
+        let driver = Driver::new(config, settings, event_rx, command_rx, command_tx.downgrade(), log.clone());
+        let driver = tokio::spawn(driver.run());
+        let handle = Arc::new(CoordinatorHandle {
+            commands: command_tx,
+            log,
+            stats,
+            services: RwLock::new(services),
+        });
+        let grpc = match grpc_listen {
+            Some(addr) => Some(serve_grpc(addr, handle.clone()).await?),
+            None => None,
+        };
+        Ok(Self { handle, driver, grpc })
+    }
+
+    /// The shared handle (for embedding and for the gRPC service).
+    pub fn handle(&self) -> &Arc<CoordinatorHandle> {
+        &self.handle
+    }
+
+    /// Where the gRPC API listens, if it was started.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|(addr, _, _)| *addr)
+    }
+
+    /// See [`CoordinatorHandle::subscribe`].
+    pub async fn subscribe(&self, service: &str) -> Result<WeightsReceiver, Error> {
+        self.handle.subscribe(service).await
+    }
+
+    /// Applies a new configuration. An invalid one is refused with the reason and the running one kept.
+    /// Listen addresses and TLS are fixed at start; changing them needs a restart (a warning says so).
+    pub async fn reload(&self, config: CoordinatorConfig) -> Result<(), Error> {
+        config.validate("the new configuration")?;
+        let names = config.services.iter().map(|s| s.name.clone()).collect();
+        let (done, applied) = oneshot::channel();
+        self.handle
+            .commands
+            .send(Command::Reload(Box::new(config), done))
+            .await
+            .map_err(|_| Error::Transport("the coordinator has stopped".into()))?;
+        applied.await.map_err(|_| Error::Transport("the coordinator has stopped".into()))?;
+        if let Ok(mut services) = self.handle.services.write() {
+            *services = names;
+        }
+        Ok(())
+    }
+
+    /// Stops the gRPC server gracefully and the driver and ingest tasks.
+    pub async fn shutdown(mut self) {
+        if let Some((_, task, stop)) = self.grpc.take() {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        self.driver.abort();
+    }
+}
+
+async fn serve_grpc(
+    addr: SocketAddr,
+    handle: Arc<CoordinatorHandle>,
+) -> Result<(SocketAddr, JoinHandle<()>, oneshot::Sender<()>), Error> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Transport(format!("cannot listen for gRPC on {addr}: {e}")))?;
+    let local = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(CoordinatorServer::new(CoordinatorService::new(handle)))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = stopped.await;
+            },
+        );
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "the coordinator's gRPC server stopped");
+        }
+    });
+    tracing::info!(%local, "coordinator gRPC API listening");
+    Ok((local, task, stop))
+}
+
+fn tls_mode(config: &CoordinatorConfig) -> Result<lateral_proto::tls::TlsMode, Error> {
+    use lateral_proto::tls::{TlsFiles, TlsMode};
+    let tls = &config.tls;
+    if tls.insecure_dev {
+        return Ok(TlsMode::InsecureDev);
+    }
+    match (&tls.ca, &tls.cert, &tls.key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            Ok(TlsMode::Mutual(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() }))
+        }
+        _ => Err(Error::Config {
+            source_name: "the configuration".into(),
+            field: "tls".into(),
+            expected: "ca, cert and key, or insecure_dev = true".into(),
+        }),
+    }
+}
+
+fn quic_client_config(config: &CoordinatorConfig) -> Result<(quinn::ClientConfig, String), Error> {
+    let rustls_config = lateral_proto::tls::client_config(&tls_mode(config)?)
+        .map_err(|e| Error::Transport(format!("TLS for QUIC: {e}")))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_config)
+        .map_err(|e| Error::Transport(format!("TLS for QUIC: {e}")))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    let interval = config.engine.heartbeat_interval;
+    transport.keep_alive_interval(Some(interval * 2));
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(interval * 20).ok());
+    // The coordinator opens no streams; the agent opens one.
+    transport.max_concurrent_bidi_streams(0u32.into());
+    transport.max_concurrent_uni_streams(1u32.into());
+    client.transport_config(Arc::new(transport));
+    let server_name = config.tls.server_name.clone().unwrap_or_else(|| "localhost".to_string());
+    Ok((client, server_name))
+}
+
+fn client_endpoint(config: &CoordinatorConfig) -> Result<quinn::Endpoint, Error> {
+    let wants_v6 = config
+        .services
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .any(|e| e.agent.is_ipv6());
+    let bind: SocketAddr = if wants_v6 { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .map_err(|e| Error::Transport(format!("bind address: {e}")))?;
+    quinn::Endpoint::client(bind)
+        .map_err(|e| Error::Transport(format!("cannot open a UDP socket for QUIC on {bind}: {e}")))
+}

@@ -1,0 +1,359 @@
+//! The coordinator's configuration: a TOML file, validated field by field, with flag and environment overrides
+//! applied by the binary.
+//!
+//! ```toml
+//! [listen]
+//! grpc = "127.0.0.1:50100"          # WatchWeights / GetDecisions
+//!
+//! [tls]                              # QUIC to the agents: mutual TLS from a CA ...
+//! ca = "certs/ca.pem"
+//! cert = "certs/coordinator.pem"
+//! key = "certs/coordinator-key.pem"
+//! server_name = "localhost"          # the name agents' certificates must carry
+//! # insecure_dev = true              # ... or self-signed, unauthenticated development mode (loud warning)
+//!
+//! [engine]                           # weight rules; every field optional, see `EngineConfig`
+//! alpha = 0.3
+//!
+//! [[service]]
+//! name = "greeter"
+//!
+//!   [[service.endpoint]]
+//!   id = "fast"
+//!   address = "http://127.0.0.1:50051"   # what clients dial
+//!   agent = "127.0.0.1:7443"             # the agent's QUIC address
+//!   zone = "eu-1a"
+//!   labels = { track = "stable" }
+//!   static_weight = 4.0                  # used when there is no data
+//!
+//!   [[service.dns]]                      # endpoints from a DNS name, re-resolved periodically
+//!   name = "greeter.internal"
+//!   grpc_port = 50051
+//!   agent_port = 7443
+//!   refresh_ms = 10000
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::Error;
+use crate::engine::EngineConfig;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Listen addresses.
+    #[serde(default)]
+    pub listen: ListenConfig,
+    /// TLS for the QUIC connections to agents.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// The engine's rules.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// Services and their endpoints.
+    #[serde(rename = "service", default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// Where the coordinator listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// The gRPC API (`WatchWeights`, `GetDecisions`); `None` when embedded without a server.
+    #[serde(default = "default_grpc_listen")]
+    pub grpc: Option<SocketAddr>,
+}
+
+fn default_grpc_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 50100)))
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self { grpc: default_grpc_listen() }
+    }
+}
+
+/// TLS for QUIC: mutual TLS from a CA, or an insecure development mode.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the CA that signs agents' certificates.
+    pub ca: Option<PathBuf>,
+    /// PEM file with the coordinator's certificate (signed by the same CA).
+    pub cert: Option<PathBuf>,
+    /// PEM file with the coordinator's private key.
+    pub key: Option<PathBuf>,
+    /// The name agents' certificates must carry (default "localhost").
+    pub server_name: Option<String>,
+    /// Self-signed certificates, no authentication. For development only; logged loudly.
+    #[serde(default)]
+    pub insecure_dev: bool,
+}
+
+/// One service: a set of endpoints balanced together.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The name clients ask for in `WatchWeights`.
+    pub name: String,
+    /// Endpoints listed one by one.
+    #[serde(rename = "endpoint", default)]
+    pub endpoints: Vec<EndpointConfig>,
+    /// Endpoints from DNS names, re-resolved periodically.
+    #[serde(default)]
+    pub dns: Vec<DnsSourceConfig>,
+}
+
+/// One endpoint of a service.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Unique within the service; the agent's `Hello` must carry the same id.
+    pub id: String,
+    /// The gRPC address clients dial, as a URI (`http://host:port`).
+    pub address: String,
+    /// The agent's QUIC address (`ip:port`).
+    pub agent: SocketAddr,
+    /// Zone or locality.
+    pub zone: Option<String>,
+    /// Labels, e.g. `track = "canary"`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Relative static weight, used when there is no data (any non-negative number; normalised).
+    pub static_weight: Option<f64>,
+    /// Capacity in concurrent requests, if known from configuration.
+    pub declared_capacity: Option<u32>,
+}
+
+/// A DNS name whose addresses become endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSourceConfig {
+    /// The name to resolve (A and AAAA).
+    pub name: String,
+    /// Port of the gRPC backends.
+    pub grpc_port: u16,
+    /// Port of their agents.
+    pub agent_port: u16,
+    /// How often to re-resolve, in milliseconds (default 10 000, at least 500).
+    #[serde(default = "default_refresh_ms")]
+    pub refresh_ms: u64,
+    /// Zone given to every endpoint of this name.
+    pub zone: Option<String>,
+    /// Labels given to every endpoint of this name.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_refresh_ms() -> u64 {
+    10_000
+}
+
+impl CoordinatorConfig {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates configuration text; `source_name` names it in errors.
+    pub fn parse(text: &str, source_name: &str) -> Result<Self, Error> {
+        let config: Self = toml::from_str(text).map_err(|e| Error::ConfigFile {
+            path: source_name.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(source_name)?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot: unique names, parseable addresses, finite weights, TLS completeness.
+    pub fn validate(&self, source_name: &str) -> Result<(), Error> {
+        let bad = |field: String, expected: String| Error::Config {
+            source_name: source_name.to_string(),
+            field,
+            expected,
+        };
+        if self.services.is_empty() {
+            return Err(bad(
+                "service".into(),
+                "at least one [[service]] table with a name and endpoints".into(),
+            ));
+        }
+        crate::engine::Engine::new(self.engine.clone())
+            .map_err(|e| bad(format!("engine.{}", e.field), e.expected.clone()))?;
+        let tls = &self.tls;
+        let files = [tls.ca.is_some(), tls.cert.is_some(), tls.key.is_some()];
+        if !tls.insecure_dev && files.iter().any(|f| !f) {
+            let missing: Vec<&str> = ["ca", "cert", "key"]
+                .iter()
+                .zip(files)
+                .filter(|(_, present)| !present)
+                .map(|(name, _)| *name)
+                .collect();
+            return Err(bad(
+                format!("tls.{}", missing.join(", tls.")),
+                "PEM file paths for ca, cert and key (mutual TLS), or `insecure_dev = true` for development"
+                    .into(),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (s, service) in self.services.iter().enumerate() {
+            let at = format!("service[{s}]");
+            if service.name.trim().is_empty() {
+                return Err(bad(format!("{at}.name"), "a non-empty service name".into()));
+            }
+            if !names.insert(service.name.as_str()) {
+                return Err(bad(
+                    format!("{at}.name"),
+                    format!("a unique service name; `{}` appears twice", service.name),
+                ));
+            }
+            if service.endpoints.is_empty() && service.dns.is_empty() {
+                return Err(bad(
+                    format!("{at}.endpoint"),
+                    "at least one [[service.endpoint]] or [[service.dns]] source".into(),
+                ));
+            }
+            let mut ids = BTreeSet::new();
+            for (e, endpoint) in service.endpoints.iter().enumerate() {
+                let at = format!("{at}.endpoint[{e}]");
+                if endpoint.id.trim().is_empty() {
+                    return Err(bad(format!("{at}.id"), "a non-empty endpoint id".into()));
+                }
+                if !ids.insert(endpoint.id.as_str()) {
+                    return Err(bad(
+                        format!("{at}.id"),
+                        format!("an id unique within `{}`; `{}` appears twice", service.name, endpoint.id),
+                    ));
+                }
+                check_grpc_address(&endpoint.address)
+                    .map_err(|expected| bad(format!("{at}.address"), expected))?;
+                if let Some(w) = endpoint.static_weight
+                    && !(w.is_finite() && w >= 0.0)
+                {
+                    return Err(bad(
+                        format!("{at}.static_weight"),
+                        format!("a finite number >= 0, found {w}"),
+                    ));
+                }
+                if endpoint.declared_capacity == Some(0) {
+                    return Err(bad(
+                        format!("{at}.declared_capacity"),
+                        "a capacity of at least 1 concurrent request".into(),
+                    ));
+                }
+            }
+            for (d, dns) in service.dns.iter().enumerate() {
+                let at = format!("{at}.dns[{d}]");
+                if dns.name.trim().is_empty() {
+                    return Err(bad(format!("{at}.name"), "a DNS name to resolve".into()));
+                }
+                if dns.refresh_ms < 500 {
+                    return Err(bad(
+                        format!("{at}.refresh_ms"),
+                        format!("at least 500 ms, found {}", dns.refresh_ms),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// Accepts `http://host:port` or `https://host:port` (a bare `host:port` is taken as http).
+fn check_grpc_address(address: &str) -> Result<(), String> {
+    let uri: http::Uri = normalise_grpc_address(address)
+        .parse()
+        .map_err(|e| format!("a URI like http://127.0.0.1:50051, found `{address}` ({e})"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(auth)) if auth.port_u16().is_some() => Ok(()),
+        _ => Err(format!(
+            "a URI with scheme http or https, a host and a port, like http://127.0.0.1:50051; found `{address}`"
+        )),
+    }
+}
+
+/// `host:port` → `http://host:port`; URIs pass unchanged.
+pub fn normalise_grpc_address(address: &str) -> String {
+    if address.contains("://") { address.to_string() } else { format!("http://{address}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [tls]
+        insecure_dev = true
+
+        [[service]]
+        name = "greeter"
+
+        [[service.endpoint]]
+        id = "fast"
+        address = "http://127.0.0.1:50051"
+        agent = "127.0.0.1:7443"
+        labels = { track = "stable" }
+        static_weight = 4.0
+
+        [[service.endpoint]]
+        id = "slow"
+        address = "127.0.0.1:50052"
+        agent = "127.0.0.1:7444"
+    "#;
+
+    #[test]
+    fn a_good_config_parses_with_defaults() {
+        let c = CoordinatorConfig::parse(GOOD, "good.toml").unwrap();
+        assert_eq!(c.services[0].endpoints.len(), 2);
+        assert_eq!(c.listen.grpc, default_grpc_listen());
+    }
+
+    fn error_of(text: &str) -> String {
+        CoordinatorConfig::parse(text, "bad.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_file_the_field_and_what_was_expected() {
+        let e = error_of(&GOOD.replace("127.0.0.1:7444", "not-an-address"));
+        assert!(e.contains("bad.toml") && e.contains("agent"), "{e}");
+
+        let e = error_of(&GOOD.replace("id = \"slow\"", "id = \"fast\""));
+        assert!(e.contains("service[0].endpoint[1].id") && e.contains("unique"), "{e}");
+
+        let e = error_of(&GOOD.replace("static_weight = 4.0", "static_weight = -1.0"));
+        assert!(e.contains("static_weight") && e.contains(">= 0"), "{e}");
+
+        let e = error_of(&GOOD.replace("insecure_dev = true", "ca = \"ca.pem\""));
+        assert!(e.contains("tls.cert") && e.contains("insecure_dev"), "{e}");
+
+        let e = error_of(&GOOD.replace("labels =", "lables ="));
+        assert!(e.contains("bad.toml") && e.contains("lables"), "{e}");
+
+        let e = error_of(&GOOD.replace("http://127.0.0.1:50051", "ftp://x"));
+        assert!(e.contains("address") && e.contains("http"), "{e}");
+
+        let e = error_of("[tls]\ninsecure_dev = true\n");
+        assert!(e.contains("service"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let e = CoordinatorConfig::load(Path::new("/nonexistent/lateral.toml")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/lateral.toml"), "{e}");
+    }
+}

@@ -1,0 +1,466 @@
+//! The driver: the only code that owns the engine's clock. It applies ingest events with their receive time,
+//! ticks every engine each heartbeat interval (and at the engine's own deadlines), publishes weight snapshots
+//! and records decisions and alerts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use lateral_proto::coordinator::{self as pb, WeightSnapshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::config::{CoordinatorConfig, EndpointConfig, ServiceConfig, normalise_grpc_address};
+use super::decision_log::DecisionLog;
+use super::ingest::{self, IngestEvent, IngestKind, IngestSettings};
+use crate::engine::{
+    Alert, Decision, Engine, EndpointSpec, EndpointState, LoadReport, WeightTable,
+};
+
+/// The latest snapshot of a service, `None` until the first one is computed.
+pub type WeightsReceiver = watch::Receiver<Option<Arc<WeightSnapshot>>>;
+
+/// Requests to the driver from the outside.
+pub(crate) enum Command {
+    /// Apply a new, already validated configuration.
+    Reload(Box<CoordinatorConfig>, oneshot::Sender<()>),
+    /// A DNS source resolved to this set of endpoints.
+    Resolved { service: String, source: usize, endpoints: Vec<EndpointConfig> },
+    /// Subscribe to a service's weights.
+    Subscribe(String, oneshot::Sender<Option<WeightsReceiver>>),
+}
+
+/// Converts the engine's `Instant`s to wall-clock timestamps for records (the engine never sees wall time).
+#[derive(Clone, Copy)]
+pub(crate) struct WallClock {
+    base_instant: Instant,
+    base_system: SystemTime,
+}
+
+impl WallClock {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self { base_instant: now, base_system: SystemTime::now() }
+    }
+
+    pub(crate) fn timestamp(&self, at: Instant) -> prost_types::Timestamp {
+        let system = match at.checked_duration_since(self.base_instant) {
+            Some(after) => self.base_system + after,
+            None => self.base_system - self.base_instant.duration_since(at),
+        };
+        prost_types::Timestamp::from(system)
+    }
+}
+
+/// The driver's clock: tokio's, so that tests with paused time control it.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+struct RunningEndpoint {
+    config: EndpointConfig,
+    /// `None` for static endpoints, `Some(i)` for endpoints from the service's i-th DNS source.
+    dns_source: Option<usize>,
+    ingest: JoinHandle<()>,
+}
+
+impl Drop for RunningEndpoint {
+    fn drop(&mut self) {
+        self.ingest.abort();
+    }
+}
+
+struct ServiceRuntime {
+    name: Arc<str>,
+    engine: Engine,
+    endpoints: BTreeMap<Arc<str>, RunningEndpoint>,
+    dns_tasks: Vec<JoinHandle<()>>,
+    weights: watch::Sender<Option<Arc<WeightSnapshot>>>,
+    /// The engine table version last published.
+    engine_version: u64,
+    /// What clients see: grows whenever the published weights change, across engine rebuilds too.
+    published_version: u64,
+}
+
+impl Drop for ServiceRuntime {
+    fn drop(&mut self) {
+        for task in &self.dns_tasks {
+            task.abort();
+        }
+    }
+}
+
+pub(crate) struct Driver {
+    config: CoordinatorConfig,
+    services: HashMap<String, ServiceRuntime>,
+    ingest: IngestSettings,
+    events: mpsc::Receiver<IngestEvent>,
+    commands: mpsc::Receiver<Command>,
+    command_sender: mpsc::WeakSender<Command>,
+    log: Arc<DecisionLog>,
+    clock: WallClock,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        config: CoordinatorConfig,
+        ingest: IngestSettings,
+        events: mpsc::Receiver<IngestEvent>,
+        commands: mpsc::Receiver<Command>,
+        command_sender: mpsc::WeakSender<Command>,
+        log: Arc<DecisionLog>,
+    ) -> Self {
+        let mut driver = Self {
+            config: config.clone(),
+            services: HashMap::new(),
+            ingest,
+            events,
+            commands,
+            command_sender,
+            log,
+            clock: WallClock::new(now()),
+        };
+        driver.apply_config(config);
+        driver
+    }
+
+    pub(crate) async fn run(mut self) {
+        let interval = self.config.engine.heartbeat_interval;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.services.values().filter_map(|s| s.engine.next_deadline()).min();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => self.handle_command(command),
+                    None => return,
+                },
+                event = self.events.recv() => match event {
+                    Some(event) => self.handle_event(event),
+                    None => return,
+                },
+                _ = tick.tick() => self.tick_all(true),
+                () = sleep => self.tick_all(false),
+            }
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Reload(config, done) => {
+                self.apply_config(*config);
+                let _ = done.send(());
+            }
+            Command::Resolved { service, source, endpoints } => {
+                self.apply_resolved(&service, source, endpoints)
+            }
+            Command::Subscribe(service, reply) => {
+                let _ = reply.send(self.services.get(&service).map(|s| s.weights.subscribe()));
+            }
+        }
+    }
+
+    fn handle_event(&mut self, event: IngestEvent) {
+        let Some(service) = self.services.get_mut(&*event.service) else { return };
+        match event.kind {
+            IngestKind::Heartbeat(hb) => {
+                let report = LoadReport {
+                    in_flight: hb.in_flight,
+                    completed: hb.completed,
+                    failed: hb.failed,
+                    window: Duration::from_micros(hb.window_us),
+                    latency_mean: Duration::from_micros(hb.latency_mean_us),
+                    latency_p50: Duration::from_micros(hb.latency_p50_us),
+                    latency_p99: Duration::from_micros(hb.latency_p99_us),
+                    accepting: hb.accepting,
+                    declared_capacity: hb.declared_capacity,
+                    utilization: hb.utilization,
+                };
+                if let Err(rejection) =
+                    service.engine.on_heartbeat(event.received_at, &event.endpoint, report)
+                {
+                    tracing::warn!(service = %service.name, endpoint = %event.endpoint, %rejection, "heartbeat rejected");
+                }
+            }
+            IngestKind::Goodbye(bye) => {
+                tracing::info!(service = %service.name, endpoint = %event.endpoint, reason = %bye.reason, grace_ms = bye.drain_grace_ms, "agent draining");
+                service.engine.on_goodbye(event.received_at, &event.endpoint);
+            }
+        }
+        let name = service.name.clone();
+        self.publish(&name, false);
+    }
+
+    /// Ticks engines: all of them on the interval (`resend`: re-publish unchanged snapshots as a liveness
+    /// signal), or only those whose own deadline has passed.
+    fn tick_all(&mut self, resend: bool) {
+        let now = now();
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            if let Some(service) = self.services.get_mut(&name) {
+                let due = resend || service.engine.next_deadline().is_some_and(|d| d <= now);
+                if due {
+                    service.engine.on_tick(now);
+                }
+            }
+            self.publish(&name, resend);
+        }
+    }
+
+    /// Drains decisions and alerts, and publishes the table if it changed (or always, with `resend`).
+    fn publish(&mut self, name: &str, resend: bool) {
+        let Some(service) = self.services.get_mut(name) else { return };
+        while let Some(decision) = service.engine.poll_decision() {
+            record_decision(&self.log, &self.clock, &service.name, decision);
+        }
+        while let Some(alert) = service.engine.poll_alert() {
+            record_alert(&self.log, &self.clock, &service.name, alert);
+        }
+        let table = service.engine.table();
+        let changed = table.version != service.engine_version;
+        if changed {
+            service.engine_version = table.version;
+            service.published_version += 1;
+            let snapshot = snapshot_of(
+                &service.name,
+                service.published_version,
+                self.config.engine.heartbeat_interval,
+                table,
+                self.clock.timestamp(now()),
+            );
+            service.weights.send_replace(Some(Arc::new(snapshot)));
+        } else if resend {
+            // Same Arc, new notification: subscribers learn the coordinator is alive.
+            service.weights.send_modify(|_| {});
+        }
+    }
+
+    fn apply_config(&mut self, config: CoordinatorConfig) {
+        let now = now();
+        let engine_changed = !same_engine(&self.config, &config);
+        self.services.retain(|name, _| config.service(name).is_some());
+        for service_config in &config.services {
+            let rebuild = engine_changed || !self.services.contains_key(&service_config.name);
+            if rebuild {
+                self.install_service(service_config, &config, now);
+            } else {
+                self.reconcile_static(service_config, now);
+            }
+        }
+        self.config = config;
+    }
+
+    fn install_service(&mut self, service: &ServiceConfig, config: &CoordinatorConfig, now: Instant) {
+        let engine = match Engine::new(config.engine.clone()) {
+            Ok(engine) => engine,
+            Err(e) => {
+                // `CoordinatorConfig::validate` checks this first; reaching here means a caller skipped it.
+                tracing::error!(service = %service.name, error = %e, "engine configuration refused; keeping the running service");
+                return;
+            }
+        };
+        let previous = self.services.remove(&service.name);
+        let (weights, published_version) = match previous {
+            Some(mut old) => {
+                // Keep subscribers and the version sequence across an engine rebuild.
+                let sender = std::mem::replace(&mut old.weights, watch::channel(None).0);
+                (sender, old.published_version)
+            }
+            None => (watch::channel(None).0, 0),
+        };
+        let name: Arc<str> = Arc::from(service.name.as_str());
+        let mut runtime = ServiceRuntime {
+            name: name.clone(),
+            engine,
+            endpoints: BTreeMap::new(),
+            dns_tasks: Vec::new(),
+            weights,
+            engine_version: u64::MAX,
+            published_version,
+        };
+        for endpoint in &service.endpoints {
+            add_endpoint(&mut runtime, &self.ingest, endpoint.clone(), None, now);
+        }
+        for (index, source) in service.dns.iter().enumerate() {
+            let commands = self.command_sender.clone();
+            runtime.dns_tasks.push(tokio::spawn(super::dns::run(
+                service.name.clone(),
+                index,
+                source.clone(),
+                commands,
+            )));
+        }
+        self.services.insert(service.name.clone(), runtime);
+        self.publish(&service.name, false);
+    }
+
+    fn reconcile_static(&mut self, service: &ServiceConfig, now: Instant) {
+        let Some(runtime) = self.services.get_mut(&service.name) else { return };
+        let wanted: BTreeMap<&str, &EndpointConfig> =
+            service.endpoints.iter().map(|e| (e.id.as_str(), e)).collect();
+        let stale: Vec<Arc<str>> = runtime
+            .endpoints
+            .iter()
+            .filter(|(id, e)| e.dns_source.is_none() && !wanted.contains_key(&***id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            runtime.engine.remove_endpoint(now, &id);
+            runtime.endpoints.remove(&id);
+        }
+        for endpoint in service.endpoints.iter() {
+            let unchanged =
+                runtime.endpoints.get(endpoint.id.as_str()).is_some_and(|e| e.config == *endpoint);
+            if !unchanged {
+                add_endpoint(runtime, &self.ingest, endpoint.clone(), None, now);
+            }
+        }
+        let name = service.name.clone();
+        self.publish(&name, false);
+    }
+
+    fn apply_resolved(&mut self, service: &str, source: usize, endpoints: Vec<EndpointConfig>) {
+        let now = now();
+        let Some(runtime) = self.services.get_mut(service) else { return };
+        let wanted: BTreeMap<String, EndpointConfig> =
+            endpoints.into_iter().map(|e| (e.id.clone(), e)).collect();
+        let gone: Vec<Arc<str>> = runtime
+            .endpoints
+            .iter()
+            .filter(|(id, e)| e.dns_source == Some(source) && !wanted.contains_key(&***id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            tracing::info!(service, endpoint = %id, "endpoint no longer in DNS; removing");
+            runtime.engine.remove_endpoint(now, &id);
+            runtime.endpoints.remove(&id);
+        }
+        for (id, endpoint) in wanted {
+            if !runtime.endpoints.contains_key(id.as_str()) {
+                tracing::info!(service, endpoint = %id, "endpoint found in DNS; adding");
+                add_endpoint(runtime, &self.ingest, endpoint, Some(source), now);
+            }
+        }
+        self.publish(service, false);
+    }
+}
+
+fn same_engine(a: &CoordinatorConfig, b: &CoordinatorConfig) -> bool {
+    a.engine == b.engine
+}
+
+fn add_endpoint(
+    runtime: &mut ServiceRuntime,
+    ingest: &IngestSettings,
+    config: EndpointConfig,
+    dns_source: Option<usize>,
+    now: Instant,
+) {
+    runtime.engine.upsert_endpoint(
+        now,
+        EndpointSpec {
+            id: config.id.clone(),
+            address: normalise_grpc_address(&config.address),
+            zone: config.zone.clone(),
+            labels: config.labels.clone(),
+            static_weight: config.static_weight,
+            declared_capacity: config.declared_capacity,
+        },
+    );
+    let id: Arc<str> = Arc::from(config.id.as_str());
+    let task = tokio::spawn(ingest::run(ingest.clone(), runtime.name.clone(), id.clone(), config.agent));
+    runtime.endpoints.insert(id, RunningEndpoint { config, dns_source, ingest: task });
+}
+
+pub(crate) fn state_to_proto(state: EndpointState) -> pb::EndpointState {
+    match state {
+        EndpointState::Ramping => pb::EndpointState::Ramping,
+        EndpointState::Active => pb::EndpointState::Active,
+        EndpointState::Degraded => pb::EndpointState::Degraded,
+        EndpointState::Ejected => pb::EndpointState::Ejected,
+        EndpointState::Tripped => pb::EndpointState::Tripped,
+        EndpointState::Draining => pb::EndpointState::Draining,
+    }
+}
+
+fn snapshot_of(
+    service: &str,
+    version: u64,
+    interval: Duration,
+    table: &WeightTable,
+    generated_at: prost_types::Timestamp,
+) -> WeightSnapshot {
+    WeightSnapshot {
+        service: service.to_string(),
+        version,
+        heartbeat_interval: prost_types::Duration::try_from(interval).ok(),
+        endpoints: table
+            .entries
+            .iter()
+            .map(|e| pb::EndpointWeight {
+                id: e.id.clone(),
+                address: e.address.clone(),
+                zone: e.zone.clone().unwrap_or_default(),
+                labels: e.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                weight: e.weight,
+                load_balancing_weight: (e.weight.clamp(0.0, 1.0) * 1e6).round() as u32,
+                state: state_to_proto(e.state) as i32,
+                rule: e.rule.as_str().to_string(),
+                reason: e.reason.clone(),
+            })
+            .collect(),
+        generated_at: Some(generated_at),
+        static_fallback: table.static_fallback,
+    }
+}
+
+fn record_decision(log: &DecisionLog, clock: &WallClock, service: &str, d: Decision) {
+    tracing::info!(
+        target: "lateral::decision",
+        service,
+        endpoint = %d.endpoint,
+        old_weight = d.old_weight,
+        new_weight = d.new_weight,
+        old_state = ?d.old_state,
+        new_state = ?d.new_state,
+        rule = d.rule.as_str(),
+        inputs = ?d.inputs,
+        "{}", d.reason
+    );
+    log.push_decision(pb::Decision {
+        sequence: 0,
+        at: Some(clock.timestamp(d.at)),
+        service: service.to_string(),
+        endpoint: d.endpoint,
+        old_weight: d.old_weight,
+        new_weight: d.new_weight,
+        old_state: state_to_proto(d.old_state) as i32,
+        new_state: state_to_proto(d.new_state) as i32,
+        rule: d.rule.as_str().to_string(),
+        reason: d.reason,
+        inputs: d.inputs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    });
+}
+
+fn record_alert(log: &DecisionLog, clock: &WallClock, service: &str, a: Alert) {
+    tracing::warn!(
+        target: "lateral::alert",
+        service,
+        endpoint = a.endpoint.as_deref().unwrap_or(""),
+        kind = a.kind.as_str(),
+        "{}", a.message
+    );
+    log.push_alert(pb::Alert {
+        at: Some(clock.timestamp(a.at)),
+        service: service.to_string(),
+        endpoint: a.endpoint.unwrap_or_default(),
+        kind: a.kind.as_str().to_string(),
+        message: a.message,
+    });
+}
+

@@ -1,0 +1,244 @@
+//! Heartbeat ingest: one task per endpoint dials its agent over QUIC, reads frames from the persistent stream
+//! the agent opens, stamps each message with the coordinator's own monotonic receive time and hands it to the
+//! driver.
+//!
+//! Everything is bounded: a frame is at most `MAX_BODY_LEN` bytes (checked before reading the body), reads have
+//! an idle timeout, the queue to the driver is bounded and a full queue drops the heartbeat (heartbeats are
+//! snapshots; the next one supersedes it) instead of blocking. One slow, silent or hostile agent therefore
+//! costs its own task and nothing else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lateral_proto::heartbeat::{self, FrameError, FrameHeader, Goodbye, HEADER_LEN, Heartbeat, Message};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+
+/// What an ingest task tells the driver.
+#[derive(Debug)]
+pub(crate) struct IngestEvent {
+    /// Index of the service in the driver's table.
+    pub service: Arc<str>,
+    /// Endpoint id.
+    pub endpoint: Arc<str>,
+    /// The coordinator's monotonic time when the message arrived.
+    pub received_at: Instant,
+    /// What arrived.
+    pub kind: IngestKind,
+}
+
+/// The kinds of ingest event.
+#[derive(Debug)]
+pub(crate) enum IngestKind {
+    /// A measurement.
+    Heartbeat(Heartbeat),
+    /// The agent is draining.
+    Goodbye(Goodbye),
+}
+
+/// Counters shared by every ingest task (for metrics and tests).
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Heartbeats accepted and queued for the engine.
+    pub heartbeats: AtomicU64,
+    /// Heartbeats dropped because the driver's queue was full.
+    pub dropped: AtomicU64,
+    /// Frames or streams rejected (bad magic, version, length, body, wrong endpoint id, protocol order).
+    pub rejected: AtomicU64,
+    /// Successful connections (Hello accepted).
+    pub connections: AtomicU64,
+}
+
+/// Static settings of an ingest task.
+#[derive(Clone)]
+pub(crate) struct IngestSettings {
+    pub quic: quinn::Endpoint,
+    pub client_config: quinn::ClientConfig,
+    pub server_name: String,
+    pub heartbeat_interval: Duration,
+    pub stats: Arc<IngestStats>,
+    pub events: mpsc::Sender<IngestEvent>,
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum StreamEnd {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("agent opened no heartbeat stream in time")]
+    NoStream,
+    #[error("no frame for {0:?}; treating the agent as gone")]
+    Idle(Duration),
+    #[error("stream closed: {0}")]
+    Closed(String),
+    #[error("rejected frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("the driver stopped")]
+    DriverGone,
+}
+
+/// Runs until aborted: connect, read, and on any failure back off (jittered, exponential) and reconnect.
+pub(crate) async fn run(
+    settings: IngestSettings,
+    service: Arc<str>,
+    endpoint: Arc<str>,
+    agent: SocketAddr,
+) {
+    const BACKOFF_START: Duration = Duration::from_millis(100);
+    const BACKOFF_CAP: Duration = Duration::from_secs(10);
+    let mut rng = SmallRng::seed_from_u64(seed_for(&service, &endpoint));
+    let mut backoff = BACKOFF_START;
+    loop {
+        let mut served = false;
+        let end = session(&settings, &service, &endpoint, agent, &mut served).await;
+        if matches!(end, StreamEnd::DriverGone) {
+            return;
+        }
+        if served {
+            backoff = BACKOFF_START;
+        }
+        match &end {
+            StreamEnd::Frame(_) | StreamEnd::Protocol(_) => {
+                settings.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%service, %endpoint, %agent, error = %end, "agent stream rejected; reconnecting");
+            }
+            _ => tracing::info!(%service, %endpoint, %agent, reason = %end, ?backoff, "agent disconnected; reconnecting"),
+        }
+        // Full jitter: anywhere in [backoff/2, backoff], so coordinators restarted together do not dial in step.
+        let jittered = backoff.mul_f64(rng.random_range(0.5..=1.0));
+        tokio::time::sleep(jittered).await;
+        backoff = (backoff * 2).min(BACKOFF_CAP);
+    }
+}
+
+fn seed_for(service: &str, endpoint: &str) -> u64 {
+    // FNV-1a: a stable, dependency-free seed per endpoint.
+    service.bytes().chain([0]).chain(endpoint.bytes()).fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+async fn session(
+    settings: &IngestSettings,
+    service: &Arc<str>,
+    endpoint: &Arc<str>,
+    agent: SocketAddr,
+    served: &mut bool,
+) -> StreamEnd {
+    let connecting = match settings.quic.connect_with(
+        settings.client_config.clone(),
+        agent,
+        &settings.server_name,
+    ) {
+        Ok(c) => c,
+        Err(e) => return StreamEnd::Connect(e.to_string()),
+    };
+    let connect_timeout = settings.heartbeat_interval * 6;
+    let connection = match tokio::time::timeout(connect_timeout, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return StreamEnd::Connect(e.to_string()),
+        Err(_) => return StreamEnd::Connect(format!("timed out after {connect_timeout:?}")),
+    };
+    let end = read_stream(settings, service, endpoint, &connection, served).await;
+    let code = match end {
+        StreamEnd::Frame(_) | StreamEnd::Protocol(_) => 1u32,
+        _ => 0,
+    };
+    connection.close(code.into(), end.to_string().as_bytes());
+    end
+}
+
+async fn read_stream(
+    settings: &IngestSettings,
+    service: &Arc<str>,
+    endpoint: &Arc<str>,
+    connection: &quinn::Connection,
+    served: &mut bool,
+) -> StreamEnd {
+    let idle = settings.heartbeat_interval * 6;
+    let mut stream = match tokio::time::timeout(idle, connection.accept_uni()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return StreamEnd::Closed(e.to_string()),
+        Err(_) => return StreamEnd::NoStream,
+    };
+    let mut body = Vec::with_capacity(256);
+    let mut hello_seen = false;
+    let mut consecutive_bad_bodies = 0u32;
+    loop {
+        let message = match tokio::time::timeout(idle, read_frame(&mut stream, &mut body)).await {
+            Err(_) => return StreamEnd::Idle(idle),
+            Ok(Err(end)) => return end,
+            Ok(Ok(Err(FrameError::Body(e)))) => {
+                // The length prefix kept the stream in sync: skip this frame, but not forever.
+                settings.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                consecutive_bad_bodies += 1;
+                tracing::warn!(%service, %endpoint, error = %e, "skipping a malformed heartbeat frame");
+                if consecutive_bad_bodies >= 3 {
+                    return StreamEnd::Protocol("three malformed frames in a row".into());
+                }
+                continue;
+            }
+            Ok(Ok(Err(e))) => return StreamEnd::Frame(e),
+            Ok(Ok(Ok(m))) => m,
+        };
+        consecutive_bad_bodies = 0;
+        let received_at = tokio::time::Instant::now().into_std();
+        let kind = match message {
+            Message::Hello(hello) => {
+                if hello_seen {
+                    return StreamEnd::Protocol("a second Hello on one stream".into());
+                }
+                if hello.endpoint_id != **endpoint {
+                    return StreamEnd::Protocol(format!(
+                        "the agent reports for endpoint `{}` but is configured as `{endpoint}`",
+                        hello.endpoint_id
+                    ));
+                }
+                hello_seen = true;
+                settings.stats.connections.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%service, %endpoint, agent_id = %hello.agent_id, capabilities = ?hello.capabilities, "agent connected");
+                continue;
+            }
+            _ if !hello_seen => {
+                return StreamEnd::Protocol("a message before Hello".into());
+            }
+            Message::Heartbeat(hb) => IngestKind::Heartbeat(hb),
+            Message::Goodbye(bye) => IngestKind::Goodbye(bye),
+        };
+        *served = true;
+        let is_heartbeat = matches!(kind, IngestKind::Heartbeat(_));
+        let event =
+            IngestEvent { service: service.clone(), endpoint: endpoint.clone(), received_at, kind };
+        match settings.events.try_send(event) {
+            Ok(()) if is_heartbeat => {
+                settings.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                settings.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return StreamEnd::DriverGone,
+        }
+    }
+}
+
+/// Reads one frame: the fixed header first (validated before anything is allocated), then exactly the body.
+async fn read_frame(
+    stream: &mut quinn::RecvStream,
+    body: &mut Vec<u8>,
+) -> Result<Result<Message, FrameError>, StreamEnd> {
+    let mut header = [0u8; HEADER_LEN];
+    stream.read_exact(&mut header).await.map_err(|e| StreamEnd::Closed(e.to_string()))?;
+    let header = match FrameHeader::parse(&header) {
+        Ok(h) => h,
+        Err(e) => return Ok(Err(e)),
+    };
+    body.resize(header.body_len, 0);
+    stream.read_exact(body).await.map_err(|e| StreamEnd::Closed(e.to_string()))?;
+    Ok(heartbeat::decode_body(body))
+}
