@@ -15,6 +15,8 @@
 
 mod error;
 pub mod measurement;
+// reporting: QUIC reporter, drain, binary config
+pub mod reporter;
 // measuring: recorder, layer, ORCA trailers, dedup, proxy, poller
 pub mod dedup;
 pub mod layer;
