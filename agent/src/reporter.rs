@@ -259,8 +259,14 @@ impl ReporterHandle {
     pub async fn drain(self, reason: &str, grace: Duration) -> Result<(), Error> {
         self.goodbye(reason, grace)?;
         tokio::time::sleep(grace).await;
-        self.close(close_code::DRAINED, b"drained").await;
+        self.close_drained().await;
         Ok(())
+    }
+
+    /// The last step of a drain: closes every connection with [`close_code::DRAINED`] (each subscriber's
+    /// `Goodbye` gets a bounded moment to be acknowledged first) and stops.
+    pub async fn close_drained(self) {
+        self.close(close_code::DRAINED, b"drained").await;
     }
 
     /// Stops at once: closes every connection with [`close_code::SHUTDOWN`] (no `Goodbye` unless one was sent).
