@@ -146,6 +146,7 @@ pub struct Engine {
     damped: bool,
     ever_had_data: bool,
     in_fallback: bool,
+    drift_from: Option<Instant>,
     scratch_w: Vec<f64>,
     scratch_calc: Vec<f64>,
     scratch_caps: Vec<f64>,
@@ -185,6 +186,7 @@ impl Engine {
             damped: false,
             ever_had_data: false,
             in_fallback: false,
+            drift_from: None,
             scratch_w: Vec::new(),
             scratch_calc: Vec::new(),
             scratch_caps: Vec::new(),
@@ -551,7 +553,10 @@ impl Engine {
                     }
                     Some(last) => match freshness::classify(last, now, cfg) {
                         Freshness::Expired => {
-                            if matches!(prev, EndpointState::Active | EndpointState::Ramping) {
+                            // A new outage: from a live state, or after a return (even one still held off).
+                            if matches!(prev, EndpointState::Active | EndpointState::Ramping)
+                                || ep.readmission.holdoff_until.is_some()
+                            {
                                 ep.readmission.on_outage(now, cfg);
                             }
                             ep.readmission.holdoff_until = None;
@@ -563,7 +568,10 @@ impl Engine {
                             );
                         }
                         Freshness::Degraded(m) => {
-                            if matches!(prev, EndpointState::Active | EndpointState::Ramping) {
+                            if matches!(prev, EndpointState::Active | EndpointState::Ramping)
+                                || (prev == EndpointState::Degraded
+                                    && ep.readmission.holdoff_until.is_some())
+                            {
                                 ep.readmission.on_outage(now, cfg);
                                 next = EndpointState::Degraded;
                                 why =
@@ -784,6 +792,14 @@ impl Engine {
             self.dynamic_weights(alpha, decay, now);
         }
         let fallback_changed = self.in_fallback != fallback;
+        if fallback {
+            self.drift_from = None;
+        } else if fallback_changed || self.drift_from.is_none() {
+            // Drift is watched once the first dynamic weights have settled (one window after leaving fallback):
+            // the move away from static weights at start-up is not drift.
+            self.drift_from =
+                Some(now + self.config.heartbeat_interval * self.config.window_len as u32);
+        }
         self.in_fallback = fallback;
         self.publish(now, fallback, fallback_changed);
     }
@@ -817,6 +833,16 @@ impl Engine {
         for w in &mut self.scratch_w {
             *w = if sum > 0.0 { *w / sum } else { 1.0 / n as f64 };
         }
+        // A canary keeps its allowance even under static weights.
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            let soft_hi = ep.canary.as_ref().map_or(1.0, |c| c.allowance);
+            self.scratch_bounds[i] = Bounds {
+                lo: 0.0,
+                soft_hi,
+                hard_hi: 1.0,
+            };
+        }
+        table::water_fill(&mut self.scratch_w, &mut self.scratch_bounds);
         for (i, ep) in self.endpoints.iter_mut().enumerate() {
             ep.calc = self.scratch_w[i];
         }
@@ -1078,7 +1104,10 @@ impl Engine {
                 OscillationEvent::Relaxed | OscillationEvent::None => {}
             }
             any_damped |= ep.oscillation.damped;
-            if let Some((from, to)) = ep.drift.observe(now, new_w, cfg) {
+            let settled = self.drift_from.is_some_and(|t| now >= t);
+            if !settled {
+                ep.drift = Drift::default();
+            } else if let Some((from, to)) = ep.drift.observe(now, new_w, cfg) {
                 self.alerts.push(Alert {
                     at: now,
                     endpoint: Some(ep.spec.id.clone()),

@@ -15,9 +15,12 @@
 //!    It grows with load while latency is flat, so on its own it balances toward equal latencies rather than
 //!    a capacity ratio; it is what is left when the backend says nothing else.
 //!
-//! Then, in order: **goodput** (× success rate, so fast failures do not count as capacity), the **target
-//! latency** ceiling (once the mean is past `target_latency`, the estimate is at most the article's formula),
-//! the throughput-mode **latency threshold** (past `latency_threshold`, × threshold / p99) and the **error
+//! `target_latency` only enters through (3): applied as a ceiling on (1) or (2) it acts as a cliff (a
+//! backend that is slow by nature, not by queueing, keeps its latency when load is taken away, so the ceiling
+//! tracks its load down to the floor). Latency acts on (1) and (2) through the threshold below instead.
+//!
+//! Then, in order: **goodput** (× success rate, so fast failures do not count as capacity), the throughput-mode
+//! **latency threshold** (past `latency_threshold`, × threshold / p99) and the **error
 //! penalty** (× max(0, 1 − error_penalty × error_rate), gRPC WRR's `error_utilization_penalty`).
 
 use super::config::{EngineConfig, Mode};
@@ -84,12 +87,6 @@ pub fn estimate(
     };
     raw = (raw * success).max(cfg.min_capacity);
     let mut latency_factor = 1.0;
-    if source != CapacitySource::LatencyFormula && agg.mean_s > target {
-        let ceiling = (formula * success).max(cfg.min_capacity);
-        if ceiling < raw {
-            latency_factor *= ceiling / raw;
-        }
-    }
     let threshold = secs(cfg.latency_threshold);
     if cfg.mode == Mode::Throughput && agg.p99_s > threshold {
         latency_factor *= threshold / agg.p99_s;

@@ -31,9 +31,8 @@ pub struct EngineConfig {
     pub window_len: usize,
     /// Throughput (default) or latency mode.
     pub mode: Mode,
-    /// Latency the capacity estimate aims for: `capacity = max(load × target_latency / observed, min_capacity)`
-    /// when neither utilization nor declared capacity is known, and a ceiling on any estimate once the observed
-    /// mean latency is past it. Default 100 ms.
+    /// Latency the article's capacity estimate aims for: `capacity = max(load × target_latency / observed,
+    /// min_capacity)`, used when a backend reports neither utilization nor declared capacity. Default 100 ms.
     #[serde(deserialize_with = "duration::deserialize")]
     pub target_latency: Duration,
     /// Smallest capacity estimate, in requests per second, so a cold or idle endpoint is not zero. Default 1.

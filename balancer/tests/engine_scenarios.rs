@@ -1,0 +1,329 @@
+//! The reference article's test plan, run through the deterministic simulator (simulated time, no sleeping).
+//! Each test prints what it measured (`cargo test -p lateral-balancer --test engine_scenarios -- --nocapture`).
+
+use std::time::Instant;
+
+use lateral_balancer::engine::sim::scenarios::{self, Scenario};
+use lateral_balancer::engine::sim::{Convergence, TraceRow, convergence};
+use lateral_balancer::engine::{AlertKind, EndpointState, Rule};
+
+const SEED: u64 = 7;
+
+fn run(name: &str) -> Scenario {
+    let mut sc = scenarios::build(name, Instant::now(), SEED)
+        .expect("known scenario")
+        .expect("valid config");
+    sc.sim.run_until(sc.duration);
+    invariants(&sc);
+    sc
+}
+
+/// Every tick: shares sum to 1, live endpoints at or above their floor, a degraded endpoint never gains.
+fn invariants(sc: &Scenario) {
+    let cfg = sc.sim.engine().config().clone();
+    let ids = sc.sim.ids();
+    let canary: Vec<bool> = ids
+        .iter()
+        .map(|id| id == "c" && sc.name.starts_with("canary"))
+        .collect();
+    let mut prev: Option<&TraceRow> = None;
+    for row in sc.sim.trace() {
+        let sum: f64 = row.weights.iter().sum();
+        assert!(
+            (sum - 1.0).abs() < 1e-9,
+            "{}: t={} sum {sum}",
+            sc.name,
+            row.t_s
+        );
+        for (i, (&w, st)) in row.weights.iter().zip(&row.states).enumerate() {
+            assert!(w.is_finite() && (0.0..=1.0).contains(&w));
+            let floor = if canary[i] {
+                cfg.canary_floor
+            } else {
+                cfg.floor
+            };
+            if st.is_live() {
+                assert!(
+                    w >= floor - 1e-9,
+                    "{}: {} starved at t={}: {w}",
+                    sc.name,
+                    ids[i],
+                    row.t_s
+                );
+            } else {
+                assert_eq!(w, 0.0, "{}: {} is {st} but has {w}", sc.name, ids[i]);
+            }
+            if let Some(p) = prev
+                && *st == EndpointState::Degraded
+                && p.states[i] == EndpointState::Degraded
+            {
+                assert!(
+                    w <= p.weights[i] + 1e-12,
+                    "{}: degraded {} gained at t={}",
+                    sc.name,
+                    ids[i],
+                    row.t_s
+                );
+            }
+        }
+        prev = Some(row);
+    }
+}
+
+fn report(name: &str, id: &str, c: &Convergence) {
+    println!(
+        "{name:>15} {id:>5}: converged in {} s, {} excursion(s) after, overshoot {:.3}",
+        c.time_s.map_or("never".into(), |t| format!("{t:.1}")),
+        c.excursions,
+        c.overshoot
+    );
+}
+
+fn assert_converges(sc: &Scenario, idx: usize, from: f64) -> Convergence {
+    let c = convergence(
+        sc.sim.trace(),
+        idx,
+        from,
+        sc.duration.as_secs_f64(),
+        0.10,
+        0.0,
+    );
+    report(sc.name, &sc.sim.ids()[idx], &c);
+    let t = c.time_s.expect("reaches 10% of the ideal share");
+    assert!(t <= 10.0, "{}: took {t} s", sc.name);
+    assert!(
+        c.excursions <= 1,
+        "{}: {} excursions",
+        sc.name,
+        c.excursions
+    );
+    c
+}
+
+#[test]
+fn steady_four_to_one() {
+    for name in ["steady", "steady-declared"] {
+        let sc = run(name);
+        let fast = assert_converges(&sc, 0, 0.0);
+        let slow = assert_converges(&sc, 1, 0.0);
+        assert!(
+            fast.time_s.unwrap() <= 3.0 && slow.time_s.unwrap() <= 3.0,
+            "aim: 3 s"
+        );
+        let last = sc.sim.trace().last().unwrap();
+        assert!(
+            (last.weights[0] - 0.8).abs() < 0.04,
+            "{name}: {:?}",
+            last.weights
+        );
+        // The fast path really got ~4× the traffic.
+        let d = sc.sim.dispatched();
+        println!("{name:>15}: dispatched {d:?}");
+    }
+}
+
+#[test]
+fn sudden_five_fold_latency_spike() {
+    let sc = run("spike");
+    let fast = assert_converges(&sc, 0, sc.change_at_s);
+    let slow = assert_converges(&sc, 1, sc.change_at_s);
+    assert!(fast.time_s.unwrap() <= 3.0 && slow.time_s.unwrap() <= 3.0);
+    assert!(
+        sc.sim
+            .decisions()
+            .iter()
+            .any(|d| d.endpoint == "fast" && d.reason.contains("capacity fell"))
+    );
+}
+
+#[test]
+fn path_that_stops_reporting_degrades_ejects_and_ramps_back() {
+    let sc = run("silent");
+    let b = 1;
+    let trace = sc.sim.trace();
+    let first = |st: EndpointState, after: f64| {
+        trace
+            .iter()
+            .find(|r| r.t_s > after && r.states[b] == st)
+            .map(|r| r.t_s)
+    };
+    let degraded = first(EndpointState::Degraded, 20.0).expect("degraded");
+    let ejected = first(EndpointState::Ejected, 20.0).expect("ejected");
+    let ramping = first(EndpointState::Ramping, 35.0).expect("ramping on return");
+    let active = first(EndpointState::Active, ramping).expect("active after the ramp");
+    println!(
+        "silent: degraded at {degraded} s, ejected at {ejected} s, ramping at {ramping} s, active at {active} s"
+    );
+    // The last heartbeat was received just before 20 s: nothing on the first misses, degraded after 3.
+    assert!((21.0..=22.0).contains(&degraded), "{degraded}");
+    assert!((24.5..=25.5).contains(&ejected), "{ejected}");
+    assert!((35.0..=36.0).contains(&ramping), "{ramping}");
+    assert!((64.5..=66.5).contains(&active), "ramp of 30 s: {active}");
+    // Still silent is not zero load: the share is reduced, not dropped, until the timeout.
+    let at = |t: f64| trace.iter().find(|r| (r.t_s - t).abs() < 1e-6).unwrap();
+    assert!(at(22.0).weights[b] > 0.1);
+    // Re-admission starts low (10% of its share, lifted to the floor) and grows.
+    let start = at(ramping).weights[b];
+    assert!(start <= 0.06, "{start}");
+    assert!(at(50.0).weights[b] > start && at(50.0).weights[b] < at(64.0).weights[b]);
+    assert!((trace.last().unwrap().weights[b] - 1.0 / 3.0).abs() < 0.033);
+    assert!(
+        sc.sim
+            .decisions()
+            .iter()
+            .any(|d| d.rule == Rule::FreshnessEjected && d.endpoint == "b")
+    );
+}
+
+#[test]
+fn slow_degradation_over_minutes_is_tracked() {
+    let sc = run("degradation");
+    let mut worst = 0.0_f64;
+    for row in sc.sim.trace().iter().filter(|r| r.t_s >= 25.0) {
+        let err = (row.weights[1] - row.ideal[1]).abs() / row.ideal[1];
+        worst = worst.max(err);
+    }
+    println!(
+        "degradation: worst tracking error of the slow path {:.1}% of its ideal share",
+        worst * 100.0
+    );
+    assert!(worst <= 0.10, "{worst}");
+    let last = sc.sim.trace().last().unwrap();
+    assert!(last.weights[1] < 0.07, "{:?}", last.weights);
+    // 14 points over 3 minutes is not drift.
+    assert!(
+        !sc.sim.alerts().iter().any(|a| a.kind == AlertKind::Drift),
+        "{:?}",
+        sc.sim.alerts()
+    );
+}
+
+#[test]
+fn rapid_flapping_backs_off_exponentially() {
+    let sc = run("flapping");
+    let holdoffs: Vec<f64> = sc
+        .sim
+        .decisions()
+        .iter()
+        .filter(|d| {
+            d.endpoint == "b" && d.rule == Rule::Readmission && d.reason.contains("held off")
+        })
+        .map(|d| {
+            d.inputs
+                .iter()
+                .find(|(k, _)| *k == "holdoff_s")
+                .map_or(0.0, |x| x.1)
+        })
+        .collect();
+    println!("flapping: hold-offs {holdoffs:?} s");
+    assert!(holdoffs.len() >= 4, "{holdoffs:?}");
+    for w in holdoffs.windows(2) {
+        assert!(w[1] >= w[0] * 2.0 - 1e-9 || w[1] >= 60.0, "{holdoffs:?}");
+    }
+    // While held off, b stays degraded at (or below) what it had: the flapper does not win traffic back.
+    let trace = sc.sim.trace();
+    let held = trace.iter().filter(|r| (50.0..75.0).contains(&r.t_s));
+    for r in held {
+        assert_eq!(r.states[1], EndpointState::Degraded);
+        assert!(r.weights[1] <= 0.05 + 1e-9);
+    }
+}
+
+#[test]
+fn fast_failing_path_loses_share() {
+    let sc = run("fastfail");
+    let trace = sc.sim.trace();
+    let low = trace
+        .iter()
+        .find(|r| r.t_s > 20.0 && r.weights[1] <= 0.1)
+        .map(|r| r.t_s - 20.0);
+    println!("fastfail: b (60% errors in 1 ms) fell below 0.10 after {low:?} s");
+    assert!(low.expect("loses share") <= 3.0);
+    for r in trace.iter().filter(|r| r.t_s > 23.0) {
+        assert!(r.weights[1] <= 0.1, "t={} {:?}", r.t_s, r.weights);
+    }
+    assert!(
+        sc.sim
+            .decisions()
+            .iter()
+            .any(|d| d.endpoint == "b" && matches!(d.rule, Rule::Floor | Rule::Errors))
+    );
+}
+
+#[test]
+fn canary_whose_errors_rise_is_tripped_and_alerted() {
+    let sc = run("canary-errors");
+    let trace = sc.sim.trace();
+    let c = 2;
+    assert!(
+        trace
+            .iter()
+            .filter(|r| r.t_s < 40.0)
+            .all(|r| r.states[c] != EndpointState::Tripped)
+    );
+    let tripped = trace
+        .iter()
+        .find(|r| r.states[c] == EndpointState::Tripped)
+        .map(|r| r.t_s)
+        .expect("tripped");
+    println!(
+        "canary-errors: breaker tripped {:.1} s after errors began",
+        tripped - 40.0
+    );
+    assert!(tripped - 40.0 <= 3.0);
+    assert!(
+        trace
+            .iter()
+            .filter(|r| r.t_s >= tripped)
+            .all(|r| r.weights[c] == 0.0)
+    );
+    assert!(
+        sc.sim
+            .alerts()
+            .iter()
+            .any(|a| a.kind == AlertKind::CanaryBreaker)
+    );
+    assert!(
+        sc.sim
+            .decisions()
+            .iter()
+            .any(|d| d.rule == Rule::CanaryBreaker && d.new_weight == 0.0)
+    );
+}
+
+#[test]
+fn better_canary_is_promoted_step_by_step_up_to_its_max() {
+    let sc = run("canary-better");
+    let max = sc.sim.engine().config().canary_max_share;
+    let promotions = sc
+        .sim
+        .alerts()
+        .iter()
+        .filter(|a| a.kind == AlertKind::CanaryPromoted)
+        .count();
+    let trace = sc.sim.trace();
+    let c = 2;
+    let reached = trace
+        .iter()
+        .find(|r| (r.weights[c] - max).abs() < 1e-6)
+        .map(|r| r.t_s);
+    println!("canary-better: {promotions} promotions, reached max share {max} at {reached:?} s");
+    assert!(promotions >= 5);
+    assert!(reached.is_some());
+    let mut prev = 0.0;
+    for r in trace {
+        assert!(r.weights[c] <= max + 1e-9);
+        // Step by step: never a jump larger than one step (plus smoothing noise).
+        assert!(r.weights[c] - prev <= sc.sim.engine().config().canary_step + 1e-6 || prev == 0.0);
+        prev = r.weights[c];
+    }
+}
+
+#[test]
+fn simulation_is_deterministic() {
+    let a = run("spike");
+    let b = run("spike");
+    let wa: Vec<Vec<f64>> = a.sim.trace().iter().map(|r| r.weights.clone()).collect();
+    let wb: Vec<Vec<f64>> = b.sim.trace().iter().map(|r| r.weights.clone()).collect();
+    assert_eq!(wa, wb);
+}
