@@ -16,6 +16,7 @@
 mod error;
 pub mod measurement;
 // reporting: QUIC reporter, drain, binary config
+pub mod config;
 pub mod drain;
 pub mod reporter;
 // measuring: recorder, layer, ORCA trailers, dedup, proxy, poller

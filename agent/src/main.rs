@@ -1,1 +1,185 @@
-fn main() {}
+//! `lateral-agent`: measures one gRPC backend (h2c proxy or JSON poller) and streams heartbeats to
+//! coordinators over QUIC with mutual TLS. Run `lateral-agent --help` for the flags and examples.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use lateral_agent::Error;
+use lateral_agent::config::{Cli, Command, GenCertsArgs, PollArgs, ProxyArgs, ReportSettings};
+use lateral_agent::drain::{Drainable, Drainer, admin};
+use lateral_agent::measurement::{Measurement, MeasurementSource};
+use lateral_agent::poll::{PollOptions, Poller};
+use lateral_agent::proxy::{Proxy, ProxyOptions};
+use lateral_agent::recorder::Recorder;
+use lateral_agent::reporter::Reporter;
+use lateral_proto::tls::DevPki;
+
+fn main() -> ExitCode {
+    // Bad or missing flags: clap prints the error naming the flag, and exits with 2 (`--help`: 0).
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("lateral-agent: error: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lateral-agent: error: {e}");
+            match e {
+                // A bad flag value, or TLS files that cannot be used: the operator must fix the invocation.
+                Error::Config { .. } | Error::Tls(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LATERAL_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Proxy(args) => proxy(args).await,
+        Command::Poll(args) => poll(args).await,
+        Command::GenCerts(args) => gen_certs(&args),
+    }
+}
+
+/// Proxy mode: the proxy's recorder is the measurement source, and drain clears its accepting flag.
+async fn proxy(args: ProxyArgs) -> Result<(), Error> {
+    let settings = args.report.validate(args.orca)?;
+    let recorder = Recorder::new();
+    recorder.set_declared_capacity(settings.declared_capacity);
+    let opts = ProxyOptions {
+        orca: args.orca,
+        // Requests had the whole drain grace period to finish; don't wait much longer after it.
+        shutdown_grace: Duration::from_secs(1),
+        ..ProxyOptions::default()
+    };
+    let proxy = Proxy::bind(args.listen, args.upstream, recorder.clone(), opts)
+        .await
+        .map_err(|e| context(e, "--listen", args.listen))?;
+    let flag = recorder.clone();
+    let target = Arc::new(move |accepting: bool| flag.set_accepting(accepting));
+    let result = report(settings, Arc::new(recorder), target).await;
+    proxy.shutdown().await;
+    result
+}
+
+/// Poll mode: the poller's latest reading is the measurement source.
+async fn poll(args: PollArgs) -> Result<(), Error> {
+    let settings = args.report.validate(false)?;
+    let opts = PollOptions {
+        interval: settings.reporter.interval,
+        timeout: Duration::from_millis(args.poll_timeout_ms),
+        ..PollOptions::default()
+    };
+    let poller = Arc::new(Poller::new(args.url, opts)?);
+    let polling = tokio::spawn({
+        let poller = poller.clone();
+        async move { poller.run().await }
+    });
+    let source = Arc::new(Overrides {
+        inner: poller,
+        declared_capacity: settings.declared_capacity,
+        accepting: AtomicBool::new(true),
+    });
+    let result = report(settings, source.clone(), source).await;
+    polling.abort();
+    result
+}
+
+/// Runs the reporter (and the admin endpoint) until a drain completes.
+async fn report(
+    settings: ReportSettings,
+    source: Arc<dyn MeasurementSource>,
+    target: Arc<dyn Drainable>,
+) -> Result<(), Error> {
+    let reporter = Reporter::bind(
+        settings.quic_listen,
+        &settings.tls,
+        source,
+        settings.reporter,
+    )
+    .map_err(|e| context(e, "--quic-listen", settings.quic_listen))?;
+    let (drainer, switch) = Drainer::new(reporter, target, settings.drain_grace);
+    let _admin = match settings.admin_listen {
+        Some(addr) => Some(
+            admin::serve(addr, switch.clone())
+                .await
+                .map_err(|e| context(e, "--admin-listen", addr))?,
+        ),
+        None => None,
+    };
+    let outcome = drainer.run().await?;
+    tracing::info!(reason = %outcome.reason, "exiting after drain");
+    Ok(())
+}
+
+/// Names the flag whose address could not be bound.
+fn context(e: Error, flag: &str, addr: impl std::fmt::Display) -> Error {
+    match e {
+        Error::Io(io) => Error::Transport(format!("{flag} {addr}: {io}")),
+        other => other,
+    }
+}
+
+fn gen_certs(args: &GenCertsArgs) -> Result<(), Error> {
+    let pki = DevPki::generate("Lateral development CA").map_err(|e| Error::Tls(e.to_string()))?;
+    let written = pki
+        .write_dir(&args.out, &args.agent_name, &args.coordinator_name)
+        .map_err(|e| Error::Transport(e.to_string()))?;
+    for path in &written {
+        println!("wrote {}", path.display());
+    }
+    let dir = args.out.display();
+    println!(
+        "\nagent:       --ca {dir}/ca.pem --cert {dir}/agent.pem --key {dir}/agent-key.pem\n\
+         coordinator: ca {dir}/ca.pem, cert {dir}/coordinator.pem, key {dir}/coordinator-key.pem\n\
+         The agent certificate is valid for localhost, 127.0.0.1, ::1 and {}; coordinators dial it with one \
+         of those names.\nThe CA key was not kept: run gen-certs again (for every side) to issue more.",
+        args.agent_name
+    );
+    Ok(())
+}
+
+/// A measurement source with the operator's overrides: `--declared-capacity` wins over what the backend
+/// reports, and a drain forces `accepting = false`.
+struct Overrides<S> {
+    inner: Arc<S>,
+    declared_capacity: Option<u32>,
+    accepting: AtomicBool,
+}
+
+impl<S: MeasurementSource> MeasurementSource for Overrides<S> {
+    fn take_window(&self) -> Measurement {
+        let mut m = self.inner.take_window();
+        if self.declared_capacity.is_some() {
+            m.declared_capacity = self.declared_capacity;
+        }
+        m.accepting &= self.accepting.load(Ordering::Relaxed);
+        m
+    }
+}
+
+impl<S: MeasurementSource> Drainable for Overrides<S> {
+    fn set_accepting(&self, accepting: bool) {
+        self.accepting.store(accepting, Ordering::Relaxed);
+    }
+}
