@@ -833,11 +833,16 @@ impl Engine {
         for w in &mut self.scratch_w {
             *w = if sum > 0.0 { *w / sum } else { 1.0 / n as f64 };
         }
-        // A canary keeps its allowance even under static weights.
+        // A canary keeps its allowance even under static weights, and live endpoints keep their floor.
         for (i, ep) in self.endpoints.iter().enumerate() {
             let soft_hi = ep.canary.as_ref().map_or(1.0, |c| c.allowance);
+            let lo = match (self.scratch_w[i] > 0.0, ep.is_canary) {
+                (false, _) => 0.0,
+                (true, true) => self.config.canary_floor,
+                (true, false) => self.config.floor,
+            };
             self.scratch_bounds[i] = Bounds {
-                lo: 0.0,
+                lo,
                 soft_hi,
                 hard_hi: 1.0,
             };
