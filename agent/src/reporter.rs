@@ -159,18 +159,7 @@ impl Reporter {
         let endpoint = quinn::Endpoint::server(server_config, addr)?;
         let local_addr = endpoint.local_addr()?;
 
-        let hello = frames::hello(&opts)?;
-        let (frames_tx, _) = broadcast::channel(opts.queue_frames);
-        let (goodbye_tx, _) = watch::channel(None);
-        let shared = Arc::new(Shared {
-            frames: frames_tx,
-            goodbye: goodbye_tx,
-            shutdown: CancellationToken::new(),
-            subscribers: AtomicUsize::new(0),
-            sequence: AtomicU64::new(0),
-            hello,
-            opts,
-        });
+        let shared = Shared::new(opts)?;
         let ticker = tokio::spawn(tick(shared.clone(), source));
         let acceptor = tokio::spawn(accept(shared.clone(), endpoint.clone()));
         tracing::info!(
@@ -199,6 +188,23 @@ struct Shared {
     sequence: AtomicU64,
     hello: Bytes,
     opts: ReporterOptions,
+}
+
+impl Shared {
+    fn new(opts: ReporterOptions) -> Result<Arc<Self>, Error> {
+        let hello = frames::hello(&opts)?;
+        let (frames_tx, _) = broadcast::channel(opts.queue_frames);
+        let (goodbye_tx, _) = watch::channel(None);
+        Ok(Arc::new(Self {
+            frames: frames_tx,
+            goodbye: goodbye_tx,
+            shutdown: CancellationToken::new(),
+            subscribers: AtomicUsize::new(0),
+            sequence: AtomicU64::new(0),
+            hello,
+            opts,
+        }))
+    }
 }
 
 /// Controls a running [`Reporter`].
@@ -344,5 +350,84 @@ async fn accept(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
         if let Err(e) = joined {
             tracing::error!(error = %e, "subscriber task failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use lateral_proto::heartbeat::{self, Message};
+
+    use super::*;
+    use crate::measurement::Measurement;
+
+    #[derive(Default)]
+    struct Counting(AtomicU64);
+
+    impl MeasurementSource for Counting {
+        fn take_window(&self) -> Measurement {
+            let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            Measurement {
+                in_flight: n as u32,
+                completed: n,
+                failed: 0,
+                window: Duration::from_millis(500),
+                latency_mean: Duration::ZERO,
+                latency_p50: Duration::ZERO,
+                latency_p99: Duration::ZERO,
+                accepting: true,
+                declared_capacity: None,
+                utilization: None,
+            }
+        }
+    }
+
+    fn decode(frame: &Bytes) -> heartbeat::Heartbeat {
+        match heartbeat::decode(frame).unwrap().unwrap().0 {
+            Message::Heartbeat(hb) => hb,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Paused time: exactly one take_window per interval whatever the number of receivers, every receiver
+    /// gets the same frames, and one that never reads only lags itself.
+    #[tokio::test(start_paused = true)]
+    async fn one_measurement_per_interval_fanned_out() {
+        let mut opts = ReporterOptions::new("a", "e");
+        opts.queue_frames = 4;
+        let shared = Shared::new(opts).unwrap();
+        let mut readers: Vec<_> = (0..3).map(|_| shared.frames.subscribe()).collect();
+        let mut stuck = shared.frames.subscribe();
+        let source = Arc::new(Counting::default());
+        let ticker = tokio::spawn(tick(shared.clone(), source.clone()));
+
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(
+            source.0.load(Ordering::SeqCst),
+            0,
+            "the first window is a full interval"
+        );
+        for round in 1..=10u64 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(source.0.load(Ordering::SeqCst), round);
+            let frames: Vec<Bytes> = readers.iter_mut().map(|r| r.try_recv().unwrap()).collect();
+            assert!(
+                frames.windows(2).all(|w| w[0] == w[1]),
+                "same bytes for every subscriber"
+            );
+            let hb = decode(&frames[0]);
+            assert_eq!(hb.sequence, round);
+            assert_eq!(hb.completed, round);
+            assert_eq!(hb.sender_monotonic_us, round * 500_000);
+        }
+        // The reader that never read lost the oldest frames, and only it.
+        assert!(matches!(
+            stuck.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(6))
+        ));
+        assert_eq!(decode(&stuck.try_recv().unwrap()).sequence, 7);
+        shared.shutdown.cancel();
+        ticker.await.unwrap();
     }
 }
