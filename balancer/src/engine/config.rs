@@ -20,6 +20,15 @@ pub enum Mode {
     Latency,
 }
 
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Throughput => "throughput",
+            Mode::Latency => "latency",
+        })
+    }
+}
+
 /// The engine's configuration. `Default` gives the article's values.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -435,14 +444,5 @@ mod tests {
         assert_eq!(c.eject_after, Duration::from_secs(4));
         assert_eq!(c.mode, Mode::Latency);
         assert!(serde_json::from_str::<EngineConfig>(r#"{"nope": 1}"#).is_err());
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Throughput => "throughput",
-            Mode::Latency => "latency",
-        })
     }
 }

@@ -40,7 +40,7 @@ pub struct Sample {
 pub struct Window {
     ring: [Option<Sample>; MAX_WINDOW],
     next: usize,
-    len: usize,
+    capacity: usize,
     count: usize,
 }
 
@@ -81,7 +81,7 @@ impl Window {
         Window {
             ring: [None; MAX_WINDOW],
             next: 0,
-            len: len.clamp(1, MAX_WINDOW),
+            capacity: len.clamp(1, MAX_WINDOW),
             count: 0,
         }
     }
@@ -102,8 +102,8 @@ impl Window {
             }
         }
         self.ring[self.next] = Some(sample);
-        self.next = (self.next + 1) % self.len;
-        self.count = (self.count + 1).min(self.len);
+        self.next = (self.next + 1) % self.capacity;
+        self.count = (self.count + 1).min(self.capacity);
         restarted
     }
 
@@ -129,7 +129,7 @@ impl Window {
         if self.count == 0 {
             return None;
         }
-        self.ring[(self.next + self.len - 1) % self.len].as_ref()
+        self.ring[(self.next + self.capacity - 1) % self.capacity].as_ref()
     }
 
     /// Receive time of the newest sample.
@@ -144,7 +144,7 @@ impl Window {
         let mut p50_num = 0.0;
         let mut util_time = 0.0;
         let mut util_window = 0.0;
-        for s in self.ring.iter().take(self.len).flatten() {
+        for s in self.ring.iter().take(self.capacity).flatten() {
             a.heartbeats += 1;
             a.completed += s.completed;
             a.failed += s.failed;
@@ -173,7 +173,7 @@ impl Window {
             a.p99_s = self
                 .ring
                 .iter()
-                .take(self.len)
+                .take(self.capacity)
                 .flatten()
                 .filter(|s| s.completed >= min_volume && s.completed > 0.0)
                 .map(|s| s.p99_s)
