@@ -13,6 +13,7 @@ pub mod config;
 mod decision_log;
 mod dns;
 mod driver;
+pub mod embedded;
 mod ingest;
 mod service;
 
@@ -28,6 +29,7 @@ use tokio::task::JoinHandle;
 pub use config::CoordinatorConfig;
 pub use decision_log::DecisionLog;
 pub use driver::WeightsReceiver;
+pub use embedded::{EmbeddedGuard, spawn_embedded};
 pub use ingest::IngestStats;
 pub use service::CoordinatorService;
 
@@ -64,7 +66,10 @@ impl CoordinatorHandle {
 
     /// Whether a service of this name is configured.
     pub fn has_service(&self, service: &str) -> bool {
-        self.services.read().map(|s| s.contains(service)).unwrap_or(false)
+        self.services
+            .read()
+            .map(|s| s.contains(service))
+            .unwrap_or(false)
     }
 
     /// The decision and alert log.
@@ -115,7 +120,14 @@ impl Coordinator {
         };
         let services = config.services.iter().map(|s| s.name.clone()).collect();
         let grpc_listen = config.listen.grpc;
-        let driver = Driver::new(config, settings, event_rx, command_rx, command_tx.downgrade(), log.clone());
+        let driver = Driver::new(
+            config,
+            settings,
+            event_rx,
+            command_rx,
+            command_tx.downgrade(),
+            log.clone(),
+        );
         let driver = tokio::spawn(driver.run());
         let handle = Arc::new(CoordinatorHandle {
             commands: command_tx,
@@ -127,7 +139,11 @@ impl Coordinator {
             Some(addr) => Some(serve_grpc(addr, handle.clone()).await?),
             None => None,
         };
-        Ok(Self { handle, driver, grpc })
+        Ok(Self {
+            handle,
+            driver,
+            grpc,
+        })
     }
 
     /// The shared handle (for embedding and for the gRPC service).
@@ -156,7 +172,9 @@ impl Coordinator {
             .send(Command::Reload(Box::new(config), done))
             .await
             .map_err(|_| Error::Transport("the coordinator has stopped".into()))?;
-        applied.await.map_err(|_| Error::Transport("the coordinator has stopped".into()))?;
+        applied
+            .await
+            .map_err(|_| Error::Transport("the coordinator has stopped".into()))?;
         if let Ok(mut services) = self.handle.services.write() {
             *services = names;
         }
@@ -200,15 +218,37 @@ async fn serve_grpc(
 }
 
 fn tls_mode(config: &CoordinatorConfig) -> Result<lateral_proto::tls::TlsMode, Error> {
-    use lateral_proto::tls::{TlsFiles, TlsMode};
+    use lateral_proto::tls::{TlsFiles, TlsMode, TlsPem};
     let tls = &config.tls;
     if tls.insecure_dev {
         return Ok(TlsMode::InsecureDev);
     }
+    let read =
+        |path: &Option<std::path::PathBuf>, pem: &Option<String>, field: &str| match (pem, path) {
+            (Some(pem), _) => Ok(pem.clone()),
+            (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
+                path: path.display().to_string(),
+                message: format!("tls.{field}: {e}"),
+            }),
+            (None, None) => Err(Error::Config {
+                source_name: "the configuration".into(),
+                field: format!("tls.{field}"),
+                expected: "a PEM file path or PEM text, or insecure_dev = true".into(),
+            }),
+        };
+    if tls.ca_pem.is_some() || tls.cert_pem.is_some() || tls.key_pem.is_some() {
+        return Ok(TlsMode::MutualPem(TlsPem {
+            ca_pem: read(&tls.ca, &tls.ca_pem, "ca")?,
+            cert_pem: read(&tls.cert, &tls.cert_pem, "cert")?,
+            key_pem: read(&tls.key, &tls.key_pem, "key")?,
+        }));
+    }
     match (&tls.ca, &tls.cert, &tls.key) {
-        (Some(ca), Some(cert), Some(key)) => {
-            Ok(TlsMode::Mutual(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() }))
-        }
+        (Some(ca), Some(cert), Some(key)) => Ok(TlsMode::Mutual(TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        })),
         _ => Err(Error::Config {
             source_name: "the configuration".into(),
             field: "tls".into(),
@@ -231,7 +271,11 @@ fn quic_client_config(config: &CoordinatorConfig) -> Result<(quinn::ClientConfig
     transport.max_concurrent_bidi_streams(0u32.into());
     transport.max_concurrent_uni_streams(1u32.into());
     client.transport_config(Arc::new(transport));
-    let server_name = config.tls.server_name.clone().unwrap_or_else(|| "localhost".to_string());
+    let server_name = config
+        .tls
+        .server_name
+        .clone()
+        .unwrap_or_else(|| lateral_proto::tls::DEFAULT_SERVER_NAME.to_string());
     Ok((client, server_name))
 }
 

@@ -75,7 +75,9 @@ fn default_grpc_listen() -> Option<SocketAddr> {
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        Self { grpc: default_grpc_listen() }
+        Self {
+            grpc: default_grpc_listen(),
+        }
     }
 }
 
@@ -89,6 +91,12 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// PEM file with the coordinator's private key.
     pub key: Option<PathBuf>,
+    /// The CA as PEM text instead of a file (e.g. from a secret in an environment variable).
+    pub ca_pem: Option<String>,
+    /// The certificate as PEM text instead of a file.
+    pub cert_pem: Option<String>,
+    /// The private key as PEM text instead of a file.
+    pub key_pem: Option<String>,
     /// The name agents' certificates must carry (default "localhost").
     pub server_name: Option<String>,
     /// Self-signed certificates, no authentication. For development only; logged loudly.
@@ -191,7 +199,11 @@ impl CoordinatorConfig {
         crate::engine::Engine::new(self.engine.clone())
             .map_err(|e| bad(format!("engine.{}", e.field), e.expected.clone()))?;
         let tls = &self.tls;
-        let files = [tls.ca.is_some(), tls.cert.is_some(), tls.key.is_some()];
+        let files = [
+            tls.ca.is_some() || tls.ca_pem.is_some(),
+            tls.cert.is_some() || tls.cert_pem.is_some(),
+            tls.key.is_some() || tls.key_pem.is_some(),
+        ];
         if !tls.insecure_dev && files.iter().any(|f| !f) {
             let missing: Vec<&str> = ["ca", "cert", "key"]
                 .iter()
@@ -201,7 +213,7 @@ impl CoordinatorConfig {
                 .collect();
             return Err(bad(
                 format!("tls.{}", missing.join(", tls.")),
-                "PEM file paths for ca, cert and key (mutual TLS), or `insecure_dev = true` for development"
+                "PEM files (or *_pem text) for ca, cert and key (mutual TLS), or `insecure_dev = true` for development"
                     .into(),
             ));
         }
@@ -232,7 +244,10 @@ impl CoordinatorConfig {
                 if !ids.insert(endpoint.id.as_str()) {
                     return Err(bad(
                         format!("{at}.id"),
-                        format!("an id unique within `{}`; `{}` appears twice", service.name, endpoint.id),
+                        format!(
+                            "an id unique within `{}`; `{}` appears twice",
+                            service.name, endpoint.id
+                        ),
                     ));
                 }
                 check_grpc_address(&endpoint.address)
@@ -289,7 +304,11 @@ fn check_grpc_address(address: &str) -> Result<(), String> {
 
 /// `host:port` → `http://host:port`; URIs pass unchanged.
 pub fn normalise_grpc_address(address: &str) -> String {
-    if address.contains("://") { address.to_string() } else { format!("http://{address}") }
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
 }
 
 #[cfg(test)]
@@ -324,7 +343,9 @@ mod tests {
     }
 
     fn error_of(text: &str) -> String {
-        CoordinatorConfig::parse(text, "bad.toml").unwrap_err().to_string()
+        CoordinatorConfig::parse(text, "bad.toml")
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -333,7 +354,10 @@ mod tests {
         assert!(e.contains("bad.toml") && e.contains("agent"), "{e}");
 
         let e = error_of(&GOOD.replace("id = \"slow\"", "id = \"fast\""));
-        assert!(e.contains("service[0].endpoint[1].id") && e.contains("unique"), "{e}");
+        assert!(
+            e.contains("service[0].endpoint[1].id") && e.contains("unique"),
+            "{e}"
+        );
 
         let e = error_of(&GOOD.replace("static_weight = 4.0", "static_weight = -1.0"));
         assert!(e.contains("static_weight") && e.contains(">= 0"), "{e}");

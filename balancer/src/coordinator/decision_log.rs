@@ -22,12 +22,17 @@ struct Inner {
 impl DecisionLog {
     /// A log holding at most `capacity` decisions and as many alerts.
     pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), inner: Mutex::new(Inner::default()) }
+        Self {
+            capacity: capacity.max(1),
+            inner: Mutex::new(Inner::default()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding this lock cannot leave the log inconsistent (push/pop only): keep going.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Appends a decision, assigning its sequence number; returns that number.
@@ -76,7 +81,12 @@ impl DecisionLog {
             .alerts
             .iter()
             .rev()
-            .filter(|a| matches(&a.service, if endpoint.is_empty() { "" } else { &a.endpoint }))
+            .filter(|a| {
+                matches(
+                    &a.service,
+                    if endpoint.is_empty() { "" } else { &a.endpoint },
+                )
+            })
             .take(limit)
             .cloned()
             .collect();
@@ -90,7 +100,11 @@ mod tests {
     use super::*;
 
     fn decision(service: &str, endpoint: &str) -> Decision {
-        Decision { service: service.into(), endpoint: endpoint.into(), ..Default::default() }
+        Decision {
+            service: service.into(),
+            endpoint: endpoint.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -100,9 +114,15 @@ mod tests {
             log.push_decision(decision("greeter", if i % 2 == 0 { "a" } else { "b" }));
         }
         let (all, _) = log.query("", "", 0, 100);
-        assert_eq!(all.iter().map(|d| d.sequence).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            all.iter().map(|d| d.sequence).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
         let (only_a, _) = log.query("greeter", "a", 0, 100);
-        assert_eq!(only_a.iter().map(|d| d.sequence).collect::<Vec<_>>(), vec![3, 5]);
+        assert_eq!(
+            only_a.iter().map(|d| d.sequence).collect::<Vec<_>>(),
+            vec![3, 5]
+        );
         let (after, _) = log.query("", "", 4, 100);
         assert_eq!(after.len(), 1);
         let (limited, _) = log.query("", "", 0, 1);

@@ -37,10 +37,22 @@ pub(crate) async fn run(
         if last.as_ref() == Some(&found) {
             continue;
         }
-        let endpoints = found.iter().map(|addr| endpoint_for(&config, addr)).collect();
+        let endpoints = found
+            .iter()
+            .map(|addr| endpoint_for(&config, addr))
+            .collect();
         last = Some(found);
-        let Some(commands) = commands.upgrade() else { return };
-        if commands.send(Command::Resolved { service: service.clone(), source, endpoints }).await.is_err()
+        let Some(commands) = commands.upgrade() else {
+            return;
+        };
+        if commands
+            .send(Command::Resolved {
+                service: service.clone(),
+                source,
+                endpoints,
+            })
+            .await
+            .is_err()
         {
             return;
         }

@@ -14,7 +14,7 @@ use super::config::{CoordinatorConfig, EndpointConfig, ServiceConfig, normalise_
 use super::decision_log::DecisionLog;
 use super::ingest::{self, IngestEvent, IngestKind, IngestSettings};
 use crate::engine::{
-    Alert, Decision, Engine, EndpointSpec, EndpointState, LoadReport, WeightTable,
+    Alert, Decision, EndpointSpec, EndpointState, Engine, LoadReport, WeightTable,
 };
 
 /// The latest snapshot of a service, `None` until the first one is computed.
@@ -25,7 +25,11 @@ pub(crate) enum Command {
     /// Apply a new, already validated configuration.
     Reload(Box<CoordinatorConfig>, oneshot::Sender<()>),
     /// A DNS source resolved to this set of endpoints.
-    Resolved { service: String, source: usize, endpoints: Vec<EndpointConfig> },
+    Resolved {
+        service: String,
+        source: usize,
+        endpoints: Vec<EndpointConfig>,
+    },
     /// Subscribe to a service's weights.
     Subscribe(String, oneshot::Sender<Option<WeightsReceiver>>),
 }
@@ -39,7 +43,10 @@ pub(crate) struct WallClock {
 
 impl WallClock {
     pub(crate) fn new(now: Instant) -> Self {
-        Self { base_instant: now, base_system: SystemTime::now() }
+        Self {
+            base_instant: now,
+            base_system: SystemTime::now(),
+        }
     }
 
     pub(crate) fn timestamp(&self, at: Instant) -> prost_types::Timestamp {
@@ -128,7 +135,11 @@ impl Driver {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let deadline = self.services.values().filter_map(|s| s.engine.next_deadline()).min();
+            let deadline = self
+                .services
+                .values()
+                .filter_map(|s| s.engine.next_deadline())
+                .min();
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
@@ -156,9 +167,11 @@ impl Driver {
                 self.apply_config(*config);
                 let _ = done.send(());
             }
-            Command::Resolved { service, source, endpoints } => {
-                self.apply_resolved(&service, source, endpoints)
-            }
+            Command::Resolved {
+                service,
+                source,
+                endpoints,
+            } => self.apply_resolved(&service, source, endpoints),
             Command::Subscribe(service, reply) => {
                 let _ = reply.send(self.services.get(&service).map(|s| s.weights.subscribe()));
             }
@@ -166,7 +179,9 @@ impl Driver {
     }
 
     fn handle_event(&mut self, event: IngestEvent) {
-        let Some(service) = self.services.get_mut(&*event.service) else { return };
+        let Some(service) = self.services.get_mut(&*event.service) else {
+            return;
+        };
         match event.kind {
             IngestKind::Heartbeat(hb) => {
                 let report = LoadReport {
@@ -182,14 +197,18 @@ impl Driver {
                     utilization: hb.utilization,
                 };
                 if let Err(rejection) =
-                    service.engine.on_heartbeat(event.received_at, &event.endpoint, report)
+                    service
+                        .engine
+                        .on_heartbeat(event.received_at, &event.endpoint, report)
                 {
                     tracing::warn!(service = %service.name, endpoint = %event.endpoint, %rejection, "heartbeat rejected");
                 }
             }
             IngestKind::Goodbye(bye) => {
                 tracing::info!(service = %service.name, endpoint = %event.endpoint, reason = %bye.reason, grace_ms = bye.drain_grace_ms, "agent draining");
-                service.engine.on_goodbye(event.received_at, &event.endpoint);
+                service
+                    .engine
+                    .on_goodbye(event.received_at, &event.endpoint);
             }
         }
         let name = service.name.clone();
@@ -214,7 +233,9 @@ impl Driver {
 
     /// Drains decisions and alerts, and publishes the table if it changed (or always, with `resend`).
     fn publish(&mut self, name: &str, resend: bool) {
-        let Some(service) = self.services.get_mut(name) else { return };
+        let Some(service) = self.services.get_mut(name) else {
+            return;
+        };
         while let Some(decision) = service.engine.poll_decision() {
             record_decision(&self.log, &self.clock, &service.name, decision);
         }
@@ -243,7 +264,8 @@ impl Driver {
     fn apply_config(&mut self, config: CoordinatorConfig) {
         let now = now();
         let engine_changed = !same_engine(&self.config, &config);
-        self.services.retain(|name, _| config.service(name).is_some());
+        self.services
+            .retain(|name, _| config.service(name).is_some());
         for service_config in &config.services {
             let rebuild = engine_changed || !self.services.contains_key(&service_config.name);
             if rebuild {
@@ -255,7 +277,12 @@ impl Driver {
         self.config = config;
     }
 
-    fn install_service(&mut self, service: &ServiceConfig, config: &CoordinatorConfig, now: Instant) {
+    fn install_service(
+        &mut self,
+        service: &ServiceConfig,
+        config: &CoordinatorConfig,
+        now: Instant,
+    ) {
         let engine = match Engine::new(config.engine.clone()) {
             Ok(engine) => engine,
             Err(e) => {
@@ -300,9 +327,14 @@ impl Driver {
     }
 
     fn reconcile_static(&mut self, service: &ServiceConfig, now: Instant) {
-        let Some(runtime) = self.services.get_mut(&service.name) else { return };
-        let wanted: BTreeMap<&str, &EndpointConfig> =
-            service.endpoints.iter().map(|e| (e.id.as_str(), e)).collect();
+        let Some(runtime) = self.services.get_mut(&service.name) else {
+            return;
+        };
+        let wanted: BTreeMap<&str, &EndpointConfig> = service
+            .endpoints
+            .iter()
+            .map(|e| (e.id.as_str(), e))
+            .collect();
         let stale: Vec<Arc<str>> = runtime
             .endpoints
             .iter()
@@ -314,8 +346,10 @@ impl Driver {
             runtime.endpoints.remove(&id);
         }
         for endpoint in service.endpoints.iter() {
-            let unchanged =
-                runtime.endpoints.get(endpoint.id.as_str()).is_some_and(|e| e.config == *endpoint);
+            let unchanged = runtime
+                .endpoints
+                .get(endpoint.id.as_str())
+                .is_some_and(|e| e.config == *endpoint);
             if !unchanged {
                 add_endpoint(runtime, &self.ingest, endpoint.clone(), None, now);
             }
@@ -326,7 +360,9 @@ impl Driver {
 
     fn apply_resolved(&mut self, service: &str, source: usize, endpoints: Vec<EndpointConfig>) {
         let now = now();
-        let Some(runtime) = self.services.get_mut(service) else { return };
+        let Some(runtime) = self.services.get_mut(service) else {
+            return;
+        };
         let wanted: BTreeMap<String, EndpointConfig> =
             endpoints.into_iter().map(|e| (e.id.clone(), e)).collect();
         let gone: Vec<Arc<str>> = runtime
@@ -373,8 +409,20 @@ fn add_endpoint(
         },
     );
     let id: Arc<str> = Arc::from(config.id.as_str());
-    let task = tokio::spawn(ingest::run(ingest.clone(), runtime.name.clone(), id.clone(), config.agent));
-    runtime.endpoints.insert(id, RunningEndpoint { config, dns_source, ingest: task });
+    let task = tokio::spawn(ingest::run(
+        ingest.clone(),
+        runtime.name.clone(),
+        id.clone(),
+        config.agent,
+    ));
+    runtime.endpoints.insert(
+        id,
+        RunningEndpoint {
+            config,
+            dns_source,
+            ingest: task,
+        },
+    );
 }
 
 pub(crate) fn state_to_proto(state: EndpointState) -> pb::EndpointState {
@@ -406,7 +454,11 @@ fn snapshot_of(
                 id: e.id.clone(),
                 address: e.address.clone(),
                 zone: e.zone.clone().unwrap_or_default(),
-                labels: e.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                labels: e
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 weight: e.weight,
                 load_balancing_weight: (e.weight.clamp(0.0, 1.0) * 1e6).round() as u32,
                 state: state_to_proto(e.state) as i32,
@@ -443,7 +495,11 @@ fn record_decision(log: &DecisionLog, clock: &WallClock, service: &str, d: Decis
         new_state: state_to_proto(d.new_state) as i32,
         rule: d.rule.as_str().to_string(),
         reason: d.reason,
-        inputs: d.inputs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        inputs: d
+            .inputs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
     });
 }
 
@@ -463,4 +519,3 @@ fn record_alert(log: &DecisionLog, clock: &WallClock, service: &str, a: Alert) {
         message: a.message,
     });
 }
-

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lateral_proto::heartbeat::{self, FrameError, FrameHeader, Goodbye, HEADER_LEN, Heartbeat, Message};
+use lateral_proto::heartbeat::{
+    self, FrameError, FrameHeader, Goodbye, HEADER_LEN, Heartbeat, Message,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
@@ -107,7 +109,9 @@ pub(crate) async fn run(
                 settings.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%service, %endpoint, %agent, error = %end, "agent stream rejected; reconnecting");
             }
-            _ => tracing::info!(%service, %endpoint, %agent, reason = %end, ?backoff, "agent disconnected; reconnecting"),
+            _ => {
+                tracing::info!(%service, %endpoint, %agent, reason = %end, ?backoff, "agent disconnected; reconnecting")
+            }
         }
         // Full jitter: anywhere in [backoff/2, backoff], so coordinators restarted together do not dial in step.
         let jittered = backoff.mul_f64(rng.random_range(0.5..=1.0));
@@ -118,9 +122,13 @@ pub(crate) async fn run(
 
 fn seed_for(service: &str, endpoint: &str) -> u64 {
     // FNV-1a: a stable, dependency-free seed per endpoint.
-    service.bytes().chain([0]).chain(endpoint.bytes()).fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    service
+        .bytes()
+        .chain([0])
+        .chain(endpoint.bytes())
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
 }
 
 async fn session(
@@ -212,8 +220,12 @@ async fn read_stream(
         };
         *served = true;
         let is_heartbeat = matches!(kind, IngestKind::Heartbeat(_));
-        let event =
-            IngestEvent { service: service.clone(), endpoint: endpoint.clone(), received_at, kind };
+        let event = IngestEvent {
+            service: service.clone(),
+            endpoint: endpoint.clone(),
+            received_at,
+            kind,
+        };
         match settings.events.try_send(event) {
             Ok(()) if is_heartbeat => {
                 settings.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
@@ -233,12 +245,18 @@ async fn read_frame(
     body: &mut Vec<u8>,
 ) -> Result<Result<Message, FrameError>, StreamEnd> {
     let mut header = [0u8; HEADER_LEN];
-    stream.read_exact(&mut header).await.map_err(|e| StreamEnd::Closed(e.to_string()))?;
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(|e| StreamEnd::Closed(e.to_string()))?;
     let header = match FrameHeader::parse(&header) {
         Ok(h) => h,
         Err(e) => return Ok(Err(e)),
     };
     body.resize(header.body_len, 0);
-    stream.read_exact(body).await.map_err(|e| StreamEnd::Closed(e.to_string()))?;
+    stream
+        .read_exact(body)
+        .await
+        .map_err(|e| StreamEnd::Closed(e.to_string()))?;
     Ok(heartbeat::decode_body(body))
 }

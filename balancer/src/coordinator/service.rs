@@ -37,8 +37,14 @@ impl CoordinatorApi for CoordinatorService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchWeightsStream>, Status> {
-        let WatchRequest { service, client_id, .. } = request.into_inner();
-        let mut weights = self.handle.subscribe(&service).await.map_err(Status::from)?;
+        let WatchRequest {
+            service, client_id, ..
+        } = request.into_inner();
+        let mut weights = self
+            .handle
+            .subscribe(&service)
+            .await
+            .map_err(Status::from)?;
         tracing::info!(%service, %client_id, "client watching weights");
         // A small queue per watcher; the watch channel itself holds only the latest snapshot, so a slow
         // client skips intermediate versions instead of growing memory.
@@ -77,7 +83,9 @@ impl CoordinatorApi for CoordinatorService {
             n => n.min(MAX_DECISIONS),
         };
         let (decisions, alerts) =
-            self.handle.log.query(&r.service, &r.endpoint, r.after_sequence, limit);
+            self.handle
+                .log
+                .query(&r.service, &r.endpoint, r.after_sequence, limit);
         Ok(Response::new(GetDecisionsResponse { decisions, alerts }))
     }
 }
