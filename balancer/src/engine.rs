@@ -21,6 +21,41 @@
 //!    its state changed, and **alerts** for drift ([`drift`]), oscillation, the canary breaker and promotion.
 //!
 //! The simulator in [`sim`] drives the engine with simulated backends for tests and examples.
+//!
+//! # Units
+//! Shares are fractions of traffic. Capacities and loads are throughputs in requests per second;
+//! `LoadReport::in_flight` is a concurrency and only converted through Little's law (see [`capacity`]).
+//! Windows are aggregated by request volume (see [`window`]). Configuration durations are written as
+//! milliseconds (`500`) or with a unit (`"500ms"`, `"30s"`, `"5m"`), see [`config`].
+//!
+//! # Driving it
+//! ```
+//! use std::time::{Duration, Instant};
+//! use lateral_balancer::engine::{Engine, EngineConfig, EndpointSpec, LoadReport};
+//!
+//! let mut now = Instant::now(); // the driver reads the clock; the engine never does
+//! let mut engine = Engine::new(EngineConfig::default()).unwrap();
+//! for id in ["fast", "slow"] {
+//!     engine.upsert_endpoint(now, EndpointSpec { id: id.into(), address: format!("{id}:50051"), ..Default::default() });
+//! }
+//! let report = |mean_ms| LoadReport {
+//!     in_flight: 2, completed: 50, failed: 0, window: Duration::from_millis(500),
+//!     latency_mean: Duration::from_millis(mean_ms), latency_p50: Duration::from_millis(mean_ms),
+//!     latency_p99: Duration::from_millis(2 * mean_ms), accepting: true,
+//!     declared_capacity: Some(8), utilization: None,
+//! };
+//! for _ in 0..20 {
+//!     now += Duration::from_millis(500);
+//!     engine.on_heartbeat(now, "fast", report(10)).unwrap();
+//!     engine.on_heartbeat(now, "slow", report(40)).unwrap();
+//!     engine.on_tick(now);
+//!     while let Some(decision) = engine.poll_decision() {
+//!         // log decision.rule.as_str() and decision.reason
+//!         # let _ = decision;
+//!     }
+//! }
+//! assert!((engine.table().weight("fast") - 0.8).abs() < 0.02); // 4:1 capacity, 80/20 shares
+//! ```
 
 pub mod canary;
 pub mod capacity;
@@ -897,7 +932,7 @@ impl Engine {
         }
         let m = self.scratch_idx.len();
         let mut calc = std::mem::take(&mut self.scratch_calc);
-        calc.resize(n_max(m, calc.len()), 0.0);
+        calc.resize(m.max(calc.len()), 0.0);
         match cfg.mode {
             Mode::Throughput => capacity::headroom_shares(
                 &self.scratch_caps,
@@ -1131,26 +1166,14 @@ impl Engine {
             let rec_w = ep.rec_weight;
             let rec_state = ep.rec_state;
             let pending = ep.pending.take();
-            let promoted = pending
-                .as_ref()
-                .is_some_and(|(r, _)| *r == Rule::CanaryPromotion);
-            if state != rec_state
-                || (new_w - rec_w).abs() >= min_step
-                || promoted
-                || pending.is_some()
-            {
+            // A record when the share moved by the threshold since the last record, the state changed, or a
+            // rule left a note (a promotion, a hold-off) this round.
+            if state != rec_state || (new_w - rec_w).abs() >= min_step || pending.is_some() {
                 let (rule, prefix) = match pending {
                     Some((r, why)) => (r, Some(why)),
                     None if fallback => (Rule::StaticFallback, None),
                     None => (self.rule_for(i, new_w), None),
                 };
-                if state == rec_state
-                    && (new_w - rec_w).abs() < min_step
-                    && !promoted
-                    && rule != Rule::Readmission
-                {
-                    continue;
-                }
                 let reason = self.sentence(i, rule, rec_w, new_w, prefix.as_deref());
                 let ep = &self.endpoints[i];
                 let (cap, raw) = ep
@@ -1207,10 +1230,6 @@ impl Engine {
             self.table.version += 1;
         }
     }
-}
-
-fn n_max(a: usize, b: usize) -> usize {
-    a.max(b)
 }
 
 #[cfg(test)]

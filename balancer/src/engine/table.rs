@@ -204,6 +204,9 @@ pub fn water_fill(w: &mut [f64], bounds: &mut [Bounds]) -> bool {
         guard += 1;
     }
     for _ in 0..100 {
+        if hi_l - lo_l <= hi_l * 1e-15 {
+            break;
+        }
         let mid = 0.5 * (lo_l + hi_l);
         if total(mid) < 1.0 {
             lo_l = mid;
