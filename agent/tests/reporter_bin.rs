@@ -237,3 +237,101 @@ fn bad_flags_exit_2_naming_the_flag() {
     let (code, _) = run(&["--help"]);
     assert_eq!(code, Some(0));
 }
+
+/// Agent CPU at 2 Hz heartbeats with one subscriber, poll mode (a poll and a heartbeat every 500 ms).
+/// Run: `cargo build --release -p lateral-agent && LATERAL_AGENT_BIN=$PWD/target/release/lateral-agent \
+///       cargo test -p lateral-agent --test reporter_bin -- --ignored --nocapture`
+/// (`LATERAL_CPU_SECS` sets the measuring time, default 30.)
+#[tokio::test]
+#[ignore = "measurement; takes 30 s"]
+async fn measure_agent_cpu_at_2hz() {
+    let bin = std::env::var("LATERAL_AGENT_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_lateral-agent").to_owned());
+    let secs: u64 = std::env::var("LATERAL_CPU_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let dir = std::env::temp_dir().join(format!("lateral-agent-cpu-{}", std::process::id()));
+    let pki = DevPki::generate("test CA").unwrap();
+    pki.write_dir(&dir, "agent", "coordinator").unwrap();
+    let backend = json_backend().await;
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(&bin)
+        .args([
+            "poll",
+            "--url",
+            &format!("http://{backend}/load"),
+            "--endpoint-id",
+            "cpu",
+        ])
+        .args(["--quic-listen", &format!("127.0.0.1:{port}")])
+        .arg("--ca")
+        .arg(dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(dir.join("agent.pem"))
+        .arg("--key")
+        .arg(dir.join("agent-key.pem"))
+        .env("LATERAL_AGENT_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let guard = Guard(child);
+    let pid = guard.0.id();
+    let coordinator = TlsMode::Mutual(TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("coordinator.pem"),
+        key: dir.join("coordinator-key.pem"),
+    });
+    let crypto = QuicClientConfig::try_from(tls::client_config(&coordinator).unwrap()).unwrap();
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_conn, mut recv) = loop {
+        let attempt = async {
+            let conn = client.connect(addr, "localhost").ok()?.await.ok()?;
+            let recv = conn.accept_uni().await.ok()?;
+            Some((conn, recv))
+        };
+        if let Ok(Some(ok)) = tokio::time::timeout(Duration::from_millis(500), attempt).await {
+            break ok;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = read(&mut recv).await; // Hello
+    let _ = read(&mut recv).await; // first heartbeat: start measuring from steady state
+
+    let cpu_ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let rss_kb = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS"))
+            .unwrap_or("VmRSS: ?")
+            .to_owned()
+    };
+    let before = cpu_ticks();
+    let started = Instant::now();
+    let mut heartbeats = 0u64;
+    while started.elapsed() < Duration::from_secs(secs) {
+        if let Message::Heartbeat(_) = read(&mut recv).await {
+            heartbeats += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let used = (cpu_ticks() - before) as f64 / 100.0; // USER_HZ is 100 on Linux
+    println!(
+        "agent CPU: {used:.2} s over {elapsed:.1} s = {:.3}% of one core; {heartbeats} heartbeats received; {}",
+        100.0 * used / elapsed,
+        rss_kb()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
