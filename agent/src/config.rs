@@ -113,7 +113,7 @@ pub struct ReportArgs {
     /// The endpoint this agent measures, exactly as the coordinator's config names it.
     #[arg(long, env = "LATERAL_AGENT_ENDPOINT_ID", value_name = "ID")]
     pub endpoint_id: String,
-    /// Identifies this agent process in its Hello [default: <hostname>:<pid>].
+    /// Identifies this agent process in its Hello (default: `HOSTNAME:PID`).
     #[arg(long, env = "LATERAL_AGENT_AGENT_ID", value_name = "ID")]
     pub agent_id: Option<String>,
     /// UDP address of the QUIC heartbeat server that coordinators dial.
