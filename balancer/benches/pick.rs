@@ -1,0 +1,151 @@
+//! The pick path beside tower's p2c, and one unary RPC through the balancer beside a plain tonic channel.
+//!
+//! `cargo bench -p lateral-balancer --bench pick`
+//!
+//! - `pick/lateral_stride/N`: one `StrideScheduler::pick` (gRFC A58 static stride) over N endpoints with
+//!   random weights in [0.1, 1] (equal weights would take the round-robin fast path).
+//! - `pick/tower_p2c/N`: `tower::balance::p2c::Balance` over N always-ready `PendingRequests` services:
+//!   `poll_ready` (discovery poll, ready-cache promotion of the service called last, two random choices
+//!   compared by load) and `call`, the returned future dropped unpolled. That is the per-request selection
+//!   path a p2c user pays; the inner service does nothing.
+//! - `unary/*`: one Echo unary RPC on loopback, 1 endpoint, through `Balancer` and through a `Channel`.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::task::{Context, Waker};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use lateral_balancer::client::Balancer;
+use lateral_balancer::client::picker::StrideScheduler;
+use lateral_proto::demo::echo_client::EchoClient;
+use lateral_proto::demo::echo_server::{Echo, EchoServer};
+use lateral_proto::demo::{EchoReply, EchoRequest};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tonic::{Request, Response, Status, Streaming};
+use tower::Service;
+use tower::load::{CompleteOnResponse, PendingRequests};
+
+const SIZES: [usize; 4] = [2, 10, 100, 1000];
+
+fn pick(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick");
+    for n in SIZES {
+        let mut rng = SmallRng::seed_from_u64(n as u64);
+        let weights: Vec<f64> = (0..n).map(|_| rng.random_range(0.1..1.0)).collect();
+        let Some(scheduler) = StrideScheduler::new(&weights, 0) else {
+            return;
+        };
+        group.bench_with_input(BenchmarkId::new("lateral_stride", n), &n, |b, _| {
+            b.iter(|| black_box(scheduler.pick()))
+        });
+
+        let services: Vec<_> = (0..n)
+            .map(|_| {
+                PendingRequests::new(
+                    tower::service_fn(|()| async { Ok::<_, Infallible>(()) }),
+                    CompleteOnResponse::default(),
+                )
+            })
+            .collect();
+        let mut balance =
+            tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(services));
+        let mut cx = Context::from_waker(Waker::noop());
+        group.bench_with_input(BenchmarkId::new("tower_p2c", n), &n, |b, _| {
+            b.iter(|| {
+                let ready = balance.poll_ready(&mut cx);
+                assert!(ready.is_ready());
+                drop(black_box(balance.call(())));
+            })
+        });
+    }
+    group.finish();
+}
+
+#[derive(Clone)]
+struct Backend;
+
+type ReplyStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<EchoReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Echo for Backend {
+    async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        let message = request.into_inner().message;
+        Ok(Response::new(EchoReply {
+            message,
+            served_by: "bench".into(),
+            index: 0,
+        }))
+    }
+    type ServerStreamStream = ReplyStream;
+    async fn server_stream(
+        &self,
+        _: Request<EchoRequest>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        Err(Status::unimplemented("bench"))
+    }
+    async fn client_stream(
+        &self,
+        _: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<EchoReply>, Status> {
+        Err(Status::unimplemented("bench"))
+    }
+    type BidiStreamStream = ReplyStream;
+    async fn bidi_stream(
+        &self,
+        _: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        Err(Status::unimplemented("bench"))
+    }
+}
+
+fn unary(c: &mut Criterion) {
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let Ok((channel, balancer)) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let uri = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(EchoServer::new(Backend))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(uri.clone())?
+            .connect()
+            .await?;
+        let balancer = Balancer::builder("echo")
+            .endpoints([("only", uri)])
+            .seed(1)
+            .build()?;
+        Ok::<_, Box<dyn std::error::Error>>((channel, balancer))
+    }) else {
+        return;
+    };
+    let request = || EchoRequest {
+        message: "ping".into(),
+        count: 0,
+        fail_with: 0,
+    };
+    let mut group = c.benchmark_group("unary");
+    let mut plain = EchoClient::new(channel);
+    group.bench_function("tonic_channel", |b| {
+        b.iter(|| rt.block_on(plain.unary(request())).map(|r| r.into_inner()))
+    });
+    let mut balanced = EchoClient::new(balancer);
+    group.bench_function("lateral_balancer", |b| {
+        b.iter(|| {
+            rt.block_on(balanced.unary(request()))
+                .map(|r| r.into_inner())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pick, unary);
+criterion_main!(benches);
