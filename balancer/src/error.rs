@@ -45,7 +45,9 @@ impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         let message = error.to_string();
         match error {
-            Error::Config { .. } | Error::ConfigFile { .. } => tonic::Status::failed_precondition(message),
+            Error::Config { .. } | Error::ConfigFile { .. } => {
+                tonic::Status::failed_precondition(message)
+            }
             Error::UnknownService(_) => tonic::Status::not_found(message),
             Error::NoEndpoint { .. } | Error::Transport(_) | Error::Io(_) => {
                 tonic::Status::unavailable(message)

@@ -146,6 +146,17 @@ impl Builder {
         self
     }
 
+    /// Embedded mode, the default way to run Lateral: the coordinator (engine, QUIC ingest from the agents)
+    /// runs inside this process and feeds this balancer directly; nothing else has to be deployed. Returns at
+    /// once: until the first snapshot the static (or equal) weights apply. The coordinator lives as long as any
+    /// clone of the balancer. `config` should name this balancer's service; its gRPC listener is turned off
+    /// unless `config.listen.grpc` is set on purpose (then other clients may watch it too). Must be called
+    /// inside a tokio runtime.
+    pub fn embedded(self, config: crate::coordinator::CoordinatorConfig) -> Self {
+        let (feed, guard) = crate::coordinator::spawn_embedded(config, &self.service);
+        self.weights_feed(feed).attach(guard)
+    }
+
     /// Keeps `resource` alive as long as any clone of the balancer (e.g. the handle of an embedded
     /// coordinator that produces the weight feed).
     pub fn attach<T: Send + Sync + 'static>(mut self, resource: T) -> Self {
