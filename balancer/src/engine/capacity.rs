@@ -78,7 +78,7 @@ pub fn estimate(
     let target = secs(cfg.target_latency);
     let formula = (agg.throughput * target / agg.mean_s).max(cfg.min_capacity);
     let (mut raw, source) = match (agg.utilization, declared_slots) {
-        (Some(u), _) if u >= 0.02 && agg.busy_s > 0.0 && agg.completed_with_utilization > 0.0 => (
+        (Some(u), _) if u > 0.0 && agg.busy_s > 0.0 && agg.completed_with_utilization >= 5.0 => (
             agg.completed_with_utilization / agg.busy_s,
             CapacitySource::Utilization,
         ),

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 /// Most heartbeats a window may hold (the configuration allows 5..=10).
 pub const MAX_WINDOW: usize = 10;
 
+/// An error-rate jump (absolute) between a new heartbeat and its window that restarts the window. At 20
+/// requests a jump of 0.10 is about three standard deviations of a 5% error rate.
+pub const STEP_ERROR_RATE: f64 = 0.10;
+
 /// One heartbeat, as kept in the window (seconds as `f64`).
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
@@ -87,7 +91,8 @@ impl Window {
     }
 
     /// Adds a sample, dropping the oldest once full. With `step_change_factor > 1`, a sample whose mean
-    /// latency differs from the window's by more than that factor (and that carries at least 10 requests)
+    /// latency differs from the window's by more than that factor (and that carries at least 10 requests), or
+    /// whose error rate differs from the window's by more than [`STEP_ERROR_RATE`] (with at least 20 requests),
     /// first clears the window: the estimate then follows the new regime at once. Returns whether it did.
     pub fn push(&mut self, sample: Sample, step_change_factor: f64) -> bool {
         let mut restarted = false;
@@ -95,7 +100,9 @@ impl Window {
             let agg = self.aggregate();
             if agg.completed >= 10.0 && agg.mean_s > 0.0 && sample.mean_s > 0.0 {
                 let ratio = sample.mean_s / agg.mean_s;
-                if ratio > step_change_factor || ratio < 1.0 / step_change_factor {
+                let error_jump = sample.completed >= 20.0
+                    && (sample.failed / sample.completed - agg.error_rate).abs() > STEP_ERROR_RATE;
+                if ratio > step_change_factor || ratio < 1.0 / step_change_factor || error_jump {
                     self.clear();
                     restarted = true;
                 }
