@@ -16,7 +16,10 @@
 //! 5. **bounds** and renormalisation ([`table::water_fill`]): floor 5% (canary 1%) for every live endpoint,
 //!    `max_planned_utilization` of capacity, latency-mode `max_share`, ramp and canary allowance
 //!    ([`canary`]); a degraded endpoint never gains; ejected, tripped and draining endpoints get 0;
-//! 6. **static fallback** when no endpoint has data or none is healthy;
+//! 6. **static fallback** when no endpoint has data or none is healthy (configured static weights, or equal
+//!    shares, over the live endpoints, else over every endpoint not draining or tripped: when everything is
+//!    ejected the table still sums to 1 and says `static_fallback`, as the article's "fall back to static
+//!    weights" asks);
 //! 7. **records** ([`decision`]) when a share moved by `decision_threshold` since the endpoint's last record or
 //!    its state changed, and **alerts** for drift ([`drift`]), oscillation, the canary breaker and promotion.
 //!
@@ -335,6 +338,10 @@ impl Engine {
         let is_canary = spec.labels.get(key).is_some_and(|v| v == value);
         if let Some(&i) = self.index.get(&spec.id) {
             let ep = &mut self.endpoints[i];
+            if ep.spec == spec {
+                // Re-resolution of an unchanged endpoint: nothing to publish.
+                return;
+            }
             if is_canary && ep.canary.is_none() {
                 ep.canary = Some(Canary::new(&self.config));
             } else if !is_canary {
@@ -482,7 +489,8 @@ impl Engine {
 
     /// Takes one heartbeat; `now` is the coordinator's receive time. Unknown endpoints and impossible values
     /// (failed > completed, a zero window, a NaN, infinite or negative utilization, zero declared slots) are
-    /// rejected with a decision record of rule [`Rule::Rejected`]. Does not allocate on the accepted path.
+    /// rejected with a decision record of rule [`Rule::Rejected`] (weights unchanged; an unknown endpoint's
+    /// record shows state `Ejected`). Weights change at the next tick. Does not allocate on the accepted path.
     pub fn on_heartbeat(
         &mut self,
         now: Instant,

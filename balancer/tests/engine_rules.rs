@@ -268,3 +268,59 @@ fn config_reads_from_toml_with_humane_durations() {
     assert!(err.to_string().contains("5..=10"));
     assert!(toml::from_str::<EngineConfig>("windw_len = 6").is_err());
 }
+
+#[test]
+fn unchanged_upsert_publishes_nothing_and_removal_renormalises() {
+    let (mut e, mut clock) = two(EngineConfig::default());
+    let now = clock.tick();
+    e.on_heartbeat(now, "a", hb(100, 20)).unwrap();
+    e.on_heartbeat(now, "b", hb(100, 20)).unwrap();
+    e.on_tick(now);
+    let v = e.table().version;
+    e.upsert_endpoint(now, spec("a"));
+    assert_eq!(e.table().version, v);
+    assert!(e.remove_endpoint(now, "b"));
+    assert!(e.table().version > v);
+    assert!((e.table().weight("a") - 1.0).abs() < 1e-12);
+    assert!(!e.remove_endpoint(now, "b"));
+}
+
+#[test]
+fn tripped_canary_stays_out_until_reset() {
+    let now = Instant::now();
+    let mut e = Engine::new(EngineConfig::default()).unwrap();
+    e.upsert_endpoint(now, spec("a"));
+    let mut canary = spec("c");
+    canary.labels.insert("track".into(), "canary".into());
+    e.upsert_endpoint(now, canary);
+    let mut clock = Clock { now };
+    for k in 0..20 {
+        let t = clock.tick();
+        e.on_heartbeat(t, "a", hb(100, 20)).unwrap();
+        let failed = if k >= 10 { 20 } else { 0 };
+        e.on_heartbeat(
+            t,
+            "c",
+            LoadReport {
+                failed,
+                ..hb(100, 20)
+            },
+        )
+        .unwrap();
+        e.on_tick(t);
+    }
+    assert_eq!(e.table().get("c").unwrap().state, EndpointState::Tripped);
+    assert_eq!(e.table().weight("c"), 0.0);
+    assert!(alerts(&mut e).contains(&AlertKind::CanaryBreaker));
+    let t = clock.tick();
+    assert!(e.reset_canary(t, "c"));
+    e.on_heartbeat(t, "c", hb(100, 20)).unwrap();
+    e.on_tick(t);
+    let row = e.table().get("c").unwrap();
+    assert_eq!(row.state, EndpointState::Ramping);
+    assert!(
+        (row.weight - 0.01).abs() < 1e-9,
+        "back at the canary floor: {}",
+        row.weight
+    );
+}
