@@ -6,6 +6,8 @@
 //! [`Coordinator::subscribe`] (the embedded mode the client balancer uses by default) and over gRPC as
 //! `lateral.v1.Coordinator/WatchWeights` ([`service`]). Every decision is logged as a structured `tracing` event
 //! (target `lateral::decision`) and kept in a bounded [`DecisionLog`] served by `GetDecisions`.
+//! With `listen.http` set, an HTTP server serves Prometheus metrics ([`metrics`]), a live dashboard and its
+//! JSON feed (see `http.rs`).
 //!
 //! The driver is the only code that reads a clock, and it reads tokio's, so tests with paused time drive it.
 
@@ -14,7 +16,9 @@ mod decision_log;
 mod dns;
 mod driver;
 pub mod embedded;
+mod http;
 mod ingest;
+pub mod metrics;
 mod service;
 
 use std::collections::BTreeSet;
@@ -31,6 +35,7 @@ pub use decision_log::DecisionLog;
 pub use driver::WeightsReceiver;
 pub use embedded::{EmbeddedGuard, spawn_embedded};
 pub use ingest::IngestStats;
+pub use metrics::CoordinatorMetrics;
 pub use service::CoordinatorService;
 
 use crate::Error;
@@ -46,6 +51,7 @@ pub struct CoordinatorHandle {
     commands: mpsc::Sender<Command>,
     log: Arc<DecisionLog>,
     stats: Arc<IngestStats>,
+    metrics: Arc<CoordinatorMetrics>,
     services: RwLock<BTreeSet<String>>,
 }
 
@@ -81,6 +87,16 @@ impl CoordinatorHandle {
     pub fn stats(&self) -> &IngestStats {
         &self.stats
     }
+
+    /// Per-endpoint gauges, counters and history (what `/metrics` and the dashboard show).
+    pub fn metrics(&self) -> &CoordinatorMetrics {
+        &self.metrics
+    }
+
+    /// The Prometheus text exposition of the coordinator's metrics (what `GET /metrics` serves).
+    pub fn render_prometheus(&self) -> String {
+        self.metrics.render_prometheus(driver::now(), &self.stats)
+    }
 }
 
 /// A running coordinator. Dropping it stops everything it started.
@@ -88,12 +104,16 @@ pub struct Coordinator {
     handle: Arc<CoordinatorHandle>,
     driver: JoinHandle<()>,
     grpc: Option<(SocketAddr, JoinHandle<()>, oneshot::Sender<()>)>,
+    http: Option<(SocketAddr, JoinHandle<()>, oneshot::Sender<()>)>,
 }
 
 impl Drop for Coordinator {
     fn drop(&mut self) {
         self.driver.abort();
         if let Some((_, task, _)) = &self.grpc {
+            task.abort();
+        }
+        if let Some((_, task, _)) = &self.http {
             task.abort();
         }
     }
@@ -107,6 +127,7 @@ impl Coordinator {
         let quic = client_endpoint(&config)?;
         let stats = Arc::new(IngestStats::default());
         let log = Arc::new(DecisionLog::new(DECISION_LOG_CAPACITY));
+        let metrics = Arc::new(CoordinatorMetrics::default());
         let (event_tx, event_rx) = mpsc::channel(INGEST_QUEUE);
         let (command_tx, command_rx) = mpsc::channel(64);
         let (client_config, server_name) = quic_client_config(&config)?;
@@ -120,6 +141,7 @@ impl Coordinator {
         };
         let services = config.services.iter().map(|s| s.name.clone()).collect();
         let grpc_listen = config.listen.grpc;
+        let http_listen = config.listen.http;
         let driver = Driver::new(
             config,
             settings,
@@ -127,22 +149,29 @@ impl Coordinator {
             command_rx,
             command_tx.downgrade(),
             log.clone(),
+            metrics.clone(),
         );
         let driver = tokio::spawn(driver.run());
         let handle = Arc::new(CoordinatorHandle {
             commands: command_tx,
             log,
             stats,
+            metrics,
             services: RwLock::new(services),
         });
         let grpc = match grpc_listen {
             Some(addr) => Some(serve_grpc(addr, handle.clone()).await?),
             None => None,
         };
+        let http = match http_listen {
+            Some(addr) => Some(http::serve(addr, handle.clone()).await?),
+            None => None,
+        };
         Ok(Self {
             handle,
             driver,
             grpc,
+            http,
         })
     }
 
@@ -154,6 +183,12 @@ impl Coordinator {
     /// Where the gRPC API listens, if it was started.
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.grpc.as_ref().map(|(addr, _, _)| *addr)
+    }
+
+    /// Where the HTTP server (`/metrics`, the dashboard at `/`, `/api/state`) listens, if it was started
+    /// (`listen.http`; port 0 picks a free port).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(addr, _, _)| *addr)
     }
 
     /// See [`CoordinatorHandle::subscribe`].
@@ -183,6 +218,10 @@ impl Coordinator {
 
     /// Stops the gRPC server gracefully and the driver and ingest tasks.
     pub async fn shutdown(mut self) {
+        if let Some((_, task, stop)) = self.http.take() {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
         if let Some((_, task, stop)) = self.grpc.take() {
             let _ = stop.send(());
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;

@@ -21,5 +21,6 @@ pub mod client;
 pub mod coordinator;
 pub mod engine;
 mod error;
+pub mod telemetry;
 
 pub use error::Error;

@@ -25,6 +25,11 @@ WHAT IT DOES:
   lateral.v1.Coordinator/WatchWeights. Every decision is logged with its rule and reason
   (log target lateral::decision) and served by GetDecisions.
 
+OBSERVABILITY:
+  --http-listen 127.0.0.1:50101 serves Prometheus metrics at /metrics and a live dashboard at /.
+  Traces go to an OTLP/gRPC collector when [telemetry] otlp_endpoint or OTEL_EXPORTER_OTLP_ENDPOINT is set
+  (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG and OTEL_BSP_* are honoured).
+
 SIGNALS:
   SIGHUP   re-read the configuration file; an invalid file is refused and the running config kept.
   SIGTERM  stop.
@@ -42,6 +47,9 @@ struct Args {
     /// Listen address for the gRPC API (WatchWeights, GetDecisions); overrides [listen] grpc.
     #[arg(long, env = "LATERAL_GRPC_LISTEN", value_name = "ADDR")]
     grpc_listen: Option<SocketAddr>,
+    /// Listen address for HTTP: Prometheus /metrics, the dashboard at /, /api/state; overrides [listen] http.
+    #[arg(long, env = "LATERAL_HTTP_LISTEN", value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
     /// CA certificate (PEM) for mutual TLS with agents; overrides [tls] ca.
     #[arg(long, env = "LATERAL_TLS_CA", value_name = "PEM")]
     ca: Option<PathBuf>,
@@ -68,6 +76,9 @@ impl Args {
         if let Some(addr) = self.grpc_listen {
             config.listen.grpc = Some(addr);
         }
+        if let Some(addr) = self.http_listen {
+            config.listen.http = Some(addr);
+        }
         if self.ca.is_some() {
             config.tls.ca = self.ca.clone();
         }
@@ -85,21 +96,41 @@ impl Args {
     }
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
+/// Logs on stderr (RUST_LOG) and, with an OTLP endpoint in [telemetry] or OTEL_EXPORTER_OTLP_ENDPOINT,
+/// spans to the collector.
+fn init_telemetry(args: &Args) -> lateral_balancer::telemetry::Telemetry {
+    // The file is read again below with full validation; here only [telemetry] matters.
+    let config = CoordinatorConfig::load(&args.config)
+        .map(|c| c.telemetry)
+        .unwrap_or_default();
+    match lateral_balancer::telemetry::init_tracing(
+        "lateral-coordinator",
+        &config,
+        "RUST_LOG",
+        args.log_json,
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            // Tracing export is never a reason not to balance: log without it.
+            let _ = lateral_balancer::telemetry::init_tracing(
+                "lateral-coordinator",
+                &lateral_balancer::telemetry::TelemetryConfig {
+                    otlp_endpoint: None,
+                    ..Default::default()
+                },
+                "RUST_LOG",
+                args.log_json,
+            );
+            tracing::warn!(error = %e, "OTLP trace export disabled");
+            lateral_balancer::telemetry::Telemetry::default()
+        }
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_json);
+    let telemetry = init_telemetry(&args);
     let config = match args.load() {
         Ok(config) => config,
         Err(e) => {
@@ -123,7 +154,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match run_until_signal(&args, &coordinator).await {
+    if let Some(addr) = coordinator.http_addr() {
+        tracing::info!(
+            "dashboard at http://{addr}/ and Prometheus metrics at http://{addr}/metrics"
+        );
+    }
+    let result = run_until_signal(&args, &coordinator).await;
+    telemetry.shutdown();
+    match result {
         Ok(()) => {
             coordinator.shutdown().await;
             ExitCode::SUCCESS

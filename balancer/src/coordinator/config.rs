@@ -4,6 +4,7 @@
 //! ```toml
 //! [listen]
 //! grpc = "127.0.0.1:50100"          # WatchWeights / GetDecisions
+//! http = "127.0.0.1:50101"          # /metrics, dashboard at /, /api/state (default: off)
 //!
 //! [tls]                              # QUIC to the agents: mutual TLS from a CA ...
 //! ca = "certs/ca.pem"
@@ -11,6 +12,9 @@
 //! key = "certs/coordinator-key.pem"
 //! server_name = "localhost"          # the name agents' certificates must carry
 //! # insecure_dev = true              # ... or self-signed, unauthenticated development mode (loud warning)
+//!
+//! [telemetry]                        # OTLP traces; see `TelemetryConfig` (else OTEL_* variables)
+//! otlp_endpoint = "http://127.0.0.1:4317"
 //!
 //! [engine]                           # weight rules; every field optional, see `EngineConfig`
 //! alpha = 0.3
@@ -58,6 +62,9 @@ pub struct CoordinatorConfig {
     /// Services and their endpoints.
     #[serde(rename = "service", default)]
     pub services: Vec<ServiceConfig>,
+    /// OTLP trace export and span sampling (see [`crate::telemetry::TelemetryConfig`]).
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// Where the coordinator listens.
@@ -67,6 +74,9 @@ pub struct ListenConfig {
     /// The gRPC API (`WatchWeights`, `GetDecisions`); `None` when embedded without a server.
     #[serde(default = "default_grpc_listen")]
     pub grpc: Option<SocketAddr>,
+    /// Prometheus `/metrics`, the dashboard (`/`) and `/api/state`; `None` (the default): not served.
+    #[serde(default)]
+    pub http: Option<SocketAddr>,
 }
 
 fn default_grpc_listen() -> Option<SocketAddr> {
@@ -77,6 +87,7 @@ impl Default for ListenConfig {
     fn default() -> Self {
         Self {
             grpc: default_grpc_listen(),
+            http: None,
         }
     }
 }
@@ -196,6 +207,9 @@ impl CoordinatorConfig {
                 "at least one [[service]] table with a name and endpoints".into(),
             ));
         }
+        self.telemetry
+            .validate()
+            .map_err(|(field, expected)| bad(field, expected))?;
         crate::engine::Engine::new(self.engine.clone())
             .map_err(|e| bad(format!("engine.{}", e.field), e.expected.clone()))?;
         let tls = &self.tls;

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use super::config::{CoordinatorConfig, EndpointConfig, ServiceConfig, normalise_grpc_address};
 use super::decision_log::DecisionLog;
 use super::ingest::{self, IngestEvent, IngestKind, IngestSettings};
+use super::metrics::CoordinatorMetrics;
 use crate::engine::{
     Alert, Decision, EndpointSpec, EndpointState, Engine, LoadReport, WeightTable,
 };
@@ -104,6 +105,7 @@ pub(crate) struct Driver {
     commands: mpsc::Receiver<Command>,
     command_sender: mpsc::WeakSender<Command>,
     log: Arc<DecisionLog>,
+    metrics: Arc<CoordinatorMetrics>,
     clock: WallClock,
 }
 
@@ -115,6 +117,7 @@ impl Driver {
         commands: mpsc::Receiver<Command>,
         command_sender: mpsc::WeakSender<Command>,
         log: Arc<DecisionLog>,
+        metrics: Arc<CoordinatorMetrics>,
     ) -> Self {
         let mut driver = Self {
             config: config.clone(),
@@ -124,6 +127,7 @@ impl Driver {
             commands,
             command_sender,
             log,
+            metrics,
             clock: WallClock::new(now()),
         };
         driver.apply_config(config);
@@ -196,12 +200,39 @@ impl Driver {
                     declared_capacity: hb.declared_capacity,
                     utilization: hb.utilization,
                 };
-                if let Err(rejection) =
-                    service
-                        .engine
-                        .on_heartbeat(event.received_at, &event.endpoint, report)
+                // One heartbeat in N becomes a span (the rest would drown a trace backend).
+                let every = self
+                    .config
+                    .telemetry
+                    .heartbeat_span_every
+                    .unwrap_or(crate::telemetry::DEFAULT_HEARTBEAT_SPAN_EVERY);
+                let _span = self.metrics.heartbeat_span_due(every).then(|| {
+                    tracing::info_span!(
+                        "lateral.heartbeat",
+                        service = %service.name,
+                        endpoint = %event.endpoint,
+                        in_flight = hb.in_flight,
+                        completed = hb.completed,
+                        failed = hb.failed,
+                        p99_us = hb.latency_p99_us,
+                        accepting = hb.accepting,
+                    )
+                    .entered()
+                });
+                let metered = report.clone();
+                match service
+                    .engine
+                    .on_heartbeat(event.received_at, &event.endpoint, report)
                 {
-                    tracing::warn!(service = %service.name, endpoint = %event.endpoint, %rejection, "heartbeat rejected");
+                    Ok(()) => self.metrics.on_heartbeat(
+                        &service.name,
+                        &event.endpoint,
+                        event.received_at,
+                        &metered,
+                    ),
+                    Err(rejection) => {
+                        tracing::warn!(service = %service.name, endpoint = %event.endpoint, %rejection, "heartbeat rejected");
+                    }
                 }
             }
             IngestKind::Goodbye(bye) => {
@@ -229,6 +260,11 @@ impl Driver {
             }
             self.publish(&name, resend);
         }
+        if resend {
+            let wall = self.clock.timestamp(now);
+            let wall_ms = wall.seconds * 1000 + i64::from(wall.nanos) / 1_000_000;
+            self.metrics.sample(now, wall_ms);
+        }
     }
 
     /// Drains decisions and alerts, and publishes the table if it changed (or always, with `resend`).
@@ -236,17 +272,40 @@ impl Driver {
         let Some(service) = self.services.get_mut(name) else {
             return;
         };
-        while let Some(decision) = service.engine.poll_decision() {
-            record_decision(&self.log, &self.clock, &service.name, decision);
-        }
-        while let Some(alert) = service.engine.poll_alert() {
-            record_alert(&self.log, &self.clock, &service.name, alert);
+        let decisions: Vec<Decision> =
+            std::iter::from_fn(|| service.engine.poll_decision()).collect();
+        let alerts: Vec<Alert> = std::iter::from_fn(|| service.engine.poll_alert()).collect();
+        if !decisions.is_empty() || !alerts.is_empty() {
+            // One span per batch: every decision and alert is an event on it, with its rule and reason.
+            let span = tracing::info_span!(
+                "lateral.decisions",
+                service = %service.name,
+                decisions = decisions.len(),
+                alerts = alerts.len(),
+            );
+            let _entered = span.enter();
+            for decision in decisions {
+                self.metrics
+                    .on_decision(&service.name, decision.rule.as_str());
+                record_decision(&self.log, &self.clock, &service.name, decision);
+            }
+            for alert in alerts {
+                self.metrics
+                    .on_alert(&service.name, alert.kind.as_str(), alert.at);
+                record_alert(&self.log, &self.clock, &service.name, alert);
+            }
         }
         let table = service.engine.table();
         let changed = table.version != service.engine_version;
         if changed {
             service.engine_version = table.version;
             service.published_version += 1;
+            self.metrics.on_table(
+                &service.name,
+                service.published_version,
+                self.config.engine.heartbeat_interval,
+                table,
+            );
             let snapshot = snapshot_of(
                 &service.name,
                 service.published_version,
@@ -266,6 +325,8 @@ impl Driver {
         let engine_changed = !same_engine(&self.config, &config);
         self.services
             .retain(|name, _| config.service(name).is_some());
+        self.metrics
+            .retain_services(|name| config.service(name).is_some());
         for service_config in &config.services {
             let rebuild = engine_changed || !self.services.contains_key(&service_config.name);
             if rebuild {
