@@ -22,9 +22,12 @@ pub mod reporter;
 // measuring: recorder, layer, ORCA trailers, dedup, proxy, poller
 pub mod dedup;
 pub mod layer;
+pub mod metrics_http;
 pub mod orca;
 pub mod poll;
 pub mod proxy;
 pub mod recorder;
+// observability: OTLP traces and W3C trace context
+pub mod telemetry;
 
 pub use error::Error;

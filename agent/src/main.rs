@@ -1,26 +1,65 @@
 //! `lateral-agent`: measures one gRPC backend (h2c proxy or JSON poller) and streams heartbeats to
 //! coordinators over QUIC with mutual TLS. Run `lateral-agent --help` for the flags and examples.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Arg, ArgMatches, CommandFactory, FromArgMatches};
 use lateral_agent::Error;
 use lateral_agent::config::{Cli, Command, GenCertsArgs, PollArgs, ProxyArgs, ReportSettings};
 use lateral_agent::drain::{Drainable, Drainer, admin};
 use lateral_agent::measurement::{Measurement, MeasurementSource};
+use lateral_agent::metrics_http::{self, AgentMetrics, Metered};
 use lateral_agent::poll::{PollOptions, Poller};
 use lateral_agent::proxy::{Proxy, ProxyOptions};
 use lateral_agent::recorder::Recorder;
 use lateral_agent::reporter::Reporter;
 use lateral_proto::tls::DevPki;
 
-fn main() -> ExitCode {
+/// Observability flags, accepted before or after the mode (global): they apply to every mode.
+#[derive(Debug, Clone, Default)]
+struct Observability {
+    metrics_listen: Option<SocketAddr>,
+    otlp_endpoint: Option<String>,
+}
+
+/// The flags of [`Cli`] plus the global observability flags (kept here so the mode flags stay in `config`).
+fn parse_cli() -> (Cli, Observability) {
+    let command = Cli::command()
+        .arg(
+            Arg::new("metrics_listen")
+                .long("metrics-listen")
+                .env("LATERAL_AGENT_METRICS_LISTEN")
+                .value_name("ADDR")
+                .value_parser(clap::value_parser!(SocketAddr))
+                .global(true)
+                .help("Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)"),
+        )
+        .arg(
+            Arg::new("otlp_endpoint")
+                .long("otlp-endpoint")
+                .value_name("URI")
+                .global(true)
+                .help(
+                    "Export spans to this OTLP/gRPC collector (default: OTEL_EXPORTER_OTLP_ENDPOINT; \
+                     OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER and OTEL_BSP_* apply)",
+                ),
+        );
     // Bad or missing flags: clap prints the error naming the flag, and exits with 2 (`--help`: 0).
-    let cli = Cli::parse();
-    init_tracing();
+    let matches: ArgMatches = command.get_matches();
+    let observability = Observability {
+        metrics_listen: matches.get_one::<SocketAddr>("metrics_listen").copied(),
+        otlp_endpoint: matches.get_one::<String>("otlp_endpoint").cloned(),
+    };
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    (cli, observability)
+}
+
+fn main() -> ExitCode {
+    let (cli, observability) = parse_cli();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -31,7 +70,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // The OTLP exporter and its batch processor run on this runtime.
+    let telemetry = {
+        let _entered = runtime.enter();
+        match lateral_agent::telemetry::init_tracing(observability.otlp_endpoint.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("lateral-agent: error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let result = runtime.block_on(run(cli, observability));
+    drop(telemetry);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lateral-agent: error: {e}");
@@ -44,28 +96,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LATERAL_AGENT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: under systemd or Kubernetes the log is read as plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
-}
-
-async fn run(cli: Cli) -> Result<(), Error> {
+async fn run(cli: Cli, observability: Observability) -> Result<(), Error> {
     match cli.command {
-        Command::Proxy(args) => proxy(args).await,
-        Command::Poll(args) => poll(args).await,
+        Command::Proxy(args) => proxy(args, observability).await,
+        Command::Poll(args) => poll(args, observability).await,
         Command::GenCerts(args) => gen_certs(&args),
     }
 }
 
 /// Proxy mode: the proxy's recorder is the measurement source, and drain clears its accepting flag.
-async fn proxy(args: ProxyArgs) -> Result<(), Error> {
+async fn proxy(args: ProxyArgs, observability: Observability) -> Result<(), Error> {
     let settings = args.report.validate(args.orca)?;
     let recorder = Recorder::new();
     recorder.set_declared_capacity(settings.declared_capacity);
@@ -80,13 +120,22 @@ async fn proxy(args: ProxyArgs) -> Result<(), Error> {
         .map_err(|e| context(e, "--listen", args.listen))?;
     let flag = recorder.clone();
     let target = Arc::new(move |accepting: bool| flag.set_accepting(accepting));
-    let result = report(settings, Arc::new(recorder), target).await;
+    let metrics =
+        AgentMetrics::new(settings.reporter.endpoint_id.clone()).with_recorder(recorder.clone());
+    let result = report(
+        settings,
+        Arc::new(recorder),
+        target,
+        metrics,
+        &observability,
+    )
+    .await;
     proxy.shutdown().await;
     result
 }
 
 /// Poll mode: the poller's latest reading is the measurement source.
-async fn poll(args: PollArgs) -> Result<(), Error> {
+async fn poll(args: PollArgs, observability: Observability) -> Result<(), Error> {
     let settings = args.report.validate(false)?;
     let opts = PollOptions {
         interval: settings.reporter.interval,
@@ -103,7 +152,8 @@ async fn poll(args: PollArgs) -> Result<(), Error> {
         declared_capacity: settings.declared_capacity,
         accepting: AtomicBool::new(true),
     });
-    let result = report(settings, source.clone(), source).await;
+    let metrics = AgentMetrics::new(settings.reporter.endpoint_id.clone());
+    let result = report(settings, source.clone(), source, metrics, &observability).await;
     polling.abort();
     result
 }
@@ -113,7 +163,20 @@ async fn report(
     settings: ReportSettings,
     source: Arc<dyn MeasurementSource>,
     target: Arc<dyn Drainable>,
+    metrics: AgentMetrics,
+    observability: &Observability,
 ) -> Result<(), Error> {
+    // Every window the reporter sends is also what /metrics shows.
+    let metrics = Arc::new(metrics);
+    let source: Arc<dyn MeasurementSource> = Arc::new(Metered::new(source, metrics.clone()));
+    let _metrics_server = match observability.metrics_listen {
+        Some(addr) => Some(
+            metrics_http::serve(addr, metrics)
+                .await
+                .map_err(|e| context(e, "--metrics-listen", addr))?,
+        ),
+        None => None,
+    };
     let reporter = Reporter::bind(
         settings.quic_listen,
         &settings.tls,

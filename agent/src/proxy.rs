@@ -16,6 +16,11 @@
 //! the proxy answers itself with a trailers-only gRPC response, `grpc-status: 14` (`UNAVAILABLE`) and a
 //! `grpc-message` naming the upstream and the cause; the layer counts it as a failure. Connect failures say
 //! "request not sent", which is what a client needs to know to retry safely.
+//!
+//! Tracing: every forwarded call is a `lateral.proxy` span (`otel.kind = server`) whose parent is the caller's
+//! span from the W3C `traceparent` header; when this process exports traces ([`crate::telemetry`]) the
+//! forwarded `traceparent` names the proxy's span, so the backend's span becomes its child. When it does not,
+//! the caller's `traceparent` is forwarded unchanged.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -287,14 +292,33 @@ impl Service<Request<Incoming>> for Forward {
         parts.version = http::Version::HTTP_2;
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(http::header::HOST);
+        let span = tracing::info_span!(
+            "lateral.proxy",
+            otel.kind = "server",
+            rpc.method = parts.uri.path(),
+            upstream = %self.label,
+            http.status_code = tracing::field::Empty,
+            grpc.status = tracing::field::Empty,
+        );
+        crate::telemetry::set_remote_parent(&span, &parts.headers);
+        crate::telemetry::inject(&span, &mut parts.headers);
         let request = Request::from_parts(parts, body);
         let client = self.client.clone();
         let label = Arc::clone(&self.label);
-        Box::pin(async move {
+        let future = async move {
             Ok(match client.request(request).await {
                 Ok(response) => {
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
+                    let current = tracing::Span::current();
+                    current.record("http.status_code", parts.status.as_u16());
+                    if let Some(code) = parts
+                        .headers
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        current.record("grpc.status", code);
+                    }
                     Response::from_parts(parts, Either::Left(body))
                 }
                 Err(e) => {
@@ -312,7 +336,8 @@ impl Service<Request<Incoming>> for Forward {
                     grpc_error(tonic::Status::unavailable(message))
                 }
             })
-        })
+        };
+        Box::pin(tracing::Instrument::instrument(future, span))
     }
 }
 

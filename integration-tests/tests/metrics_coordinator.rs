@@ -313,25 +313,29 @@ async fn metrics_and_dashboard_after_heartbeats() {
     );
 
     // The dashboard's feed: JSON with both endpoints, history points and decisions.
-    let mut state = serde_json::Value::Null;
-    eventually(Duration::from_secs(5), "history in /api/state", || {
-        let state = &mut state;
-        async move {
-            let (status, content_type, body) = get(http, "/api/state").await;
-            assert_eq!(status, 200);
-            assert_eq!(content_type, "application/json");
-            *state = serde_json::from_str(&body).expect("JSON");
-            state["services"][0]["endpoints"]
-                .as_array()
-                .is_some_and(|es| {
-                    es.len() == 2
-                        && es
-                            .iter()
-                            .all(|e| e["history"].as_array().is_some_and(|h| !h.is_empty()))
-                })
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let state = loop {
+        let (status, content_type, body) = get(http, "/api/state").await;
+        assert_eq!(status, 200);
+        assert_eq!(content_type, "application/json");
+        let state: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let ready = state["services"][0]["endpoints"]
+            .as_array()
+            .is_some_and(|es| {
+                es.len() == 2
+                    && es
+                        .iter()
+                        .all(|e| e["history"].as_array().is_some_and(|h| !h.is_empty()))
+            });
+        if ready {
+            break state;
         }
-    })
-    .await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no history in /api/state: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(state["decisions"].as_array().is_some_and(|d| !d.is_empty()));
     assert!(
         state["ingest"]["heartbeats"]

@@ -1,0 +1,357 @@
+//! The agent's own Prometheus endpoint (`--metrics-listen`): what it measured in the last window and totals
+//! since start, in the text exposition format (HELP/TYPE per family, label values escaped).
+//!
+//! [`Metered`] wraps the [`MeasurementSource`] the reporter reads: every closed window is observed here on its
+//! way to the coordinators, so `/metrics` and the heartbeats always show the same numbers. Nothing is measured
+//! twice and no request path touches this module.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::Error;
+use crate::measurement::{Measurement, MeasurementSource};
+use crate::recorder::Recorder;
+
+/// Connections served at once; more are closed.
+const MAX_CONNECTIONS: usize = 64;
+
+/// The agent's metrics registry.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    endpoint: String,
+    last: Mutex<Option<Measurement>>,
+    windows: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    recorder: Option<Recorder>,
+}
+
+impl AgentMetrics {
+    /// A registry for the endpoint `endpoint_id` (the `endpoint` label of every series).
+    pub fn new(endpoint_id: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint_id.into(),
+            last: Mutex::new(None),
+            windows: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            recorder: None,
+        }
+    }
+
+    /// Also reports the live in-flight count and cancellations of an in-band recorder (layer or proxy).
+    pub fn with_recorder(mut self, recorder: Recorder) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// Records a closed window.
+    pub fn observe(&self, m: &Measurement) {
+        self.windows.fetch_add(1, Ordering::Relaxed);
+        self.completed.fetch_add(m.completed, Ordering::Relaxed);
+        self.failed.fetch_add(m.failed, Ordering::Relaxed);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        let ep = escape(&self.endpoint);
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (extra, value) in samples {
+                let _ = writeln!(
+                    out,
+                    "{name}{{endpoint=\"{ep}\"{extra}}} {}",
+                    fmt_value(*value)
+                );
+            }
+        };
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let in_flight = match (&self.recorder, &last) {
+            (Some(r), _) => Some(f64::from(r.in_flight())),
+            (None, Some(m)) => Some(f64::from(m.in_flight)),
+            (None, None) => None,
+        };
+        family(
+            "lateral_agent_in_flight",
+            "gauge",
+            "Requests in flight at the backend (live for the layer and the proxy, else at the last window).",
+            &in_flight.map(|v| vec![("", v)]).unwrap_or_default(),
+        );
+        let (quantiles, mean, errors, rps, accepting) = match &last {
+            Some(m) => {
+                let secs = m.window.as_secs_f64();
+                (
+                    vec![
+                        (",quantile=\"0.5\"", m.latency_p50.as_secs_f64()),
+                        (",quantile=\"0.99\"", m.latency_p99.as_secs_f64()),
+                    ],
+                    vec![("", m.latency_mean.as_secs_f64())],
+                    vec![(
+                        "",
+                        if m.completed == 0 {
+                            0.0
+                        } else {
+                            m.failed as f64 / m.completed as f64
+                        },
+                    )],
+                    vec![(
+                        "",
+                        if secs > 0.0 {
+                            m.completed as f64 / secs
+                        } else {
+                            0.0
+                        },
+                    )],
+                    vec![("", if m.accepting { 1.0 } else { 0.0 })],
+                )
+            }
+            None => Default::default(),
+        };
+        family(
+            "lateral_agent_latency_seconds",
+            "gauge",
+            "Latency quantiles over the last heartbeat window, seconds.",
+            &quantiles,
+        );
+        family(
+            "lateral_agent_latency_mean_seconds",
+            "gauge",
+            "Mean latency over the last heartbeat window, seconds.",
+            &mean,
+        );
+        family(
+            "lateral_agent_error_ratio",
+            "gauge",
+            "Failed / completed requests over the last heartbeat window.",
+            &errors,
+        );
+        family(
+            "lateral_agent_requests_per_second",
+            "gauge",
+            "Completed requests per second over the last heartbeat window.",
+            &rps,
+        );
+        family(
+            "lateral_agent_accepting",
+            "gauge",
+            "1 while the backend accepts new requests, 0 while draining.",
+            &accepting,
+        );
+        let capacity = last
+            .as_ref()
+            .and_then(|m| m.declared_capacity)
+            .map(|c| vec![("", f64::from(c))])
+            .unwrap_or_default();
+        family(
+            "lateral_agent_declared_capacity",
+            "gauge",
+            "Declared capacity in concurrent requests, when configured.",
+            &capacity,
+        );
+        family(
+            "lateral_agent_requests_total",
+            "counter",
+            "Requests completed (successes and failures) since the agent started.",
+            &[("", self.completed.load(Ordering::Relaxed) as f64)],
+        );
+        family(
+            "lateral_agent_failures_total",
+            "counter",
+            "Requests failed (by grpc-status) since the agent started.",
+            &[("", self.failed.load(Ordering::Relaxed) as f64)],
+        );
+        family(
+            "lateral_agent_windows_total",
+            "counter",
+            "Measurement windows closed (one per heartbeat interval).",
+            &[("", self.windows.load(Ordering::Relaxed) as f64)],
+        );
+        if let Some(r) = &self.recorder {
+            family(
+                "lateral_agent_cancelled_total",
+                "counter",
+                "Requests the client abandoned before the response ended.",
+                &[("", r.cancelled_total() as f64)],
+            );
+        }
+        out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn fmt_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
+    } else {
+        v.to_string()
+    }
+}
+
+/// A measurement source that shows every window it hands out in an [`AgentMetrics`].
+pub struct Metered {
+    inner: Arc<dyn MeasurementSource>,
+    metrics: Arc<AgentMetrics>,
+}
+
+impl Metered {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn MeasurementSource>, metrics: Arc<AgentMetrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+impl MeasurementSource for Metered {
+    fn take_window(&self) -> Measurement {
+        let m = self.inner.take_window();
+        self.metrics.observe(&m);
+        m
+    }
+}
+
+/// A running metrics server; dropping it stops it.
+#[derive(Debug)]
+pub struct MetricsServer {
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl MetricsServer {
+    /// Where it listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves `GET /metrics` on `addr` (HTTP/1.1).
+pub async fn serve(addr: SocketAddr, metrics: Arc<AgentMetrics>) -> Result<MetricsServer, Error> {
+    let listener = TcpListener::bind(addr).await?;
+    let local_addr = listener.local_addr()?;
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                continue;
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let metrics = metrics.clone();
+                    async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+    });
+    tracing::info!(%local_addr, "agent metrics at http://{local_addr}/metrics");
+    Ok(MetricsServer { local_addr, task })
+}
+
+fn respond(req: &Request<Incoming>, metrics: &AgentMetrics) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render_prometheus(),
+        ),
+        (&Method::GET, _) => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics\n".into(),
+        ),
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_last_window_and_totals() {
+        let metrics = AgentMetrics::new("a\"b");
+        let text = metrics.render_prometheus();
+        assert!(text.contains("# TYPE lateral_agent_requests_total counter"));
+        assert!(text.contains("lateral_agent_requests_total{endpoint=\"a\\\"b\"} 0"));
+        metrics.observe(&Measurement {
+            in_flight: 3,
+            completed: 10,
+            failed: 1,
+            window: Duration::from_millis(500),
+            latency_mean: Duration::from_millis(4),
+            latency_p50: Duration::from_millis(3),
+            latency_p99: Duration::from_millis(9),
+            accepting: true,
+            declared_capacity: None,
+            utilization: None,
+        });
+        let text = metrics.render_prometheus();
+        assert!(
+            text.contains("lateral_agent_in_flight{endpoint=\"a\\\"b\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "lateral_agent_latency_seconds{endpoint=\"a\\\"b\",quantile=\"0.99\"} 0.009"
+        ));
+        assert!(text.contains("lateral_agent_error_ratio{endpoint=\"a\\\"b\"} 0.1"));
+        assert!(text.contains("lateral_agent_requests_per_second{endpoint=\"a\\\"b\"} 20"));
+    }
+}
