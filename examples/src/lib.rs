@@ -3,4 +3,5 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod bench;
 pub mod echo_service;
