@@ -146,7 +146,7 @@ async fn session(
         Ok(c) => c,
         Err(e) => return StreamEnd::Connect(e.to_string()),
     };
-    let connect_timeout = settings.heartbeat_interval * 6;
+    let connect_timeout = (settings.heartbeat_interval * 6).max(Duration::from_secs(2));
     let connection = match tokio::time::timeout(connect_timeout, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return StreamEnd::Connect(e.to_string()),
@@ -168,7 +168,9 @@ async fn read_stream(
     connection: &quinn::Connection,
     served: &mut bool,
 ) -> StreamEnd {
-    let idle = settings.heartbeat_interval * 6;
+    // Freshness is the engine's business (by receive time); this only recycles a connection that went
+    // silent, so it may be generous.
+    let idle = (settings.heartbeat_interval * 6).max(Duration::from_secs(2));
     let mut stream = match tokio::time::timeout(idle, connection.accept_uni()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return StreamEnd::Closed(e.to_string()),

@@ -1,0 +1,82 @@
+//! The default deployment: a generated client over `Balancer::builder(..).embedded(config)`, with the coordinator
+//! in the client process and real agents over QUIC.
+
+use std::time::Duration;
+
+use lateral_balancer::client::Balancer;
+use lateral_examples::backend::BackendSpec;
+use lateral_integration_tests::*;
+use lateral_proto::demo::EchoRequest;
+use lateral_proto::demo::echo_client::EchoClient;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_balancer_moves_traffic_toward_the_faster_backend() {
+    let pki = Pki::new("test-ca");
+    let beat = Duration::from_millis(50);
+    let fast = backend(
+        BackendSpec::new("fast", 8, Duration::from_millis(4)),
+        beat,
+        pki.mode("agent"),
+    )
+    .await;
+    let slow = backend(
+        BackendSpec::new("slow", 8, Duration::from_millis(16)),
+        beat,
+        pki.mode("agent"),
+    )
+    .await;
+    let mut config = coordinator_config(
+        pki.coordinator_tls(),
+        fast_engine(),
+        vec![endpoint_of(&fast), endpoint_of(&slow)],
+    );
+    config.listen.grpc = None;
+    let balancer = Balancer::builder("svc")
+        .endpoints([("fast", fast.uri()), ("slow", slow.uri())])
+        .embedded(config)
+        .build()
+        .unwrap();
+    let client = EchoClient::new(balancer.clone());
+
+    // Requests work at once, on static (equal) weights, before any agent is heard.
+    let reply = client
+        .clone()
+        .unary(EchoRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(["fast", "slow"].contains(&reply.served_by.as_str()));
+
+    // Under load the embedded coordinator shifts weight toward the 4× faster backend.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut fast_share = 0.0;
+    while tokio::time::Instant::now() < deadline {
+        let mut batch = tokio::task::JoinSet::new();
+        for _ in 0..40 {
+            let mut c = client.clone();
+            batch.spawn(async move { c.unary(EchoRequest::default()).await });
+        }
+        while let Some(result) = batch.join_next().await {
+            result.unwrap().unwrap();
+        }
+        fast_share = balancer
+            .current_weights()
+            .iter()
+            .find(|(id, _)| id == "fast")
+            .map(|(_, w)| *w)
+            .unwrap_or(0.0);
+        if fast_share >= 0.7 {
+            break;
+        }
+    }
+    assert!(
+        fast_share >= 0.7,
+        "fast share {fast_share:.3}; weights {:?}",
+        balancer.current_weights()
+    );
+    assert!(!balancer.metrics().stale());
+    let picks = balancer.metrics().picks();
+    assert!(
+        picks.get("fast").copied().unwrap_or(0) > 0 && picks.get("slow").copied().unwrap_or(0) > 0
+    );
+}
