@@ -90,7 +90,43 @@ impl Service<Request<Body>> for Balancer {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        Box::pin(Arc::clone(&self.inner).dispatch(request))
+        // One span per call (`otel.kind = client`): the endpoint picked, its weight, retries. Its W3C context
+        // goes out in `traceparent`, so the agent's proxy and the backend continue the trace. With no
+        // subscriber interested the span is disabled and costs a callsite check.
+        let span = tracing::info_span!(
+            "lateral.client",
+            otel.kind = "client",
+            rpc.service = %self.inner.shared.service,
+            rpc.method = request.uri().path(),
+            endpoint = tracing::field::Empty,
+            weight = tracing::field::Empty,
+            retries = 0u32,
+            grpc.status = tracing::field::Empty,
+        );
+        Box::pin(tracing::Instrument::instrument(
+            Arc::clone(&self.inner).dispatch(request),
+            span,
+        ))
+    }
+}
+
+/// Puts the endpoint picked and its share on the call's span (only when the span is recorded).
+fn record_pick(
+    span: &tracing::Span,
+    picker: &super::picker::PickerSnapshot,
+    endpoint: &Arc<EndpointHandle>,
+) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("endpoint", endpoint.id());
+    if let Some(share) = picker
+        .endpoints
+        .iter()
+        .position(|e| Arc::ptr_eq(e, endpoint))
+        .and_then(|i| picker.shares.get(i))
+    {
+        span.record("weight", *share);
     }
 }
 
@@ -117,6 +153,10 @@ impl Inner {
         let idempotent = self.idempotent.contains(parts.uri.path());
         let body = RequestBody::prepare(body, self.max_replay_bytes)?;
 
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            crate::telemetry::propagation::inject_current(&mut parts.headers);
+        }
         let picker = self.shared.picker.load_full();
         let Some(mut endpoint) = picker.pick().cloned() else {
             metrics.no_endpoint.fetch_add(1, Ordering::Relaxed);
@@ -124,6 +164,7 @@ impl Inner {
                 picker.why_empty.clone(),
             )));
         };
+        record_pick(&span, &picker, &endpoint);
         drop(picker);
         let mut retried = false;
         loop {
@@ -154,6 +195,8 @@ impl Inner {
                 "retrying on another endpoint"
             );
             drop(result);
+            record_pick(&span, &picker, &next);
+            span.record("retries", 1u32);
             endpoint = next;
             retried = true;
         }
@@ -173,6 +216,13 @@ impl Inner {
         };
         match result {
             Ok(response) => {
+                if let Some(code) = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    tracing::Span::current().record("grpc.status", code);
+                }
                 if let Some(u) = orca::utilization_from(response.headers()) {
                     self.shared.on_orca(endpoint, u);
                 }
