@@ -90,9 +90,7 @@ fn parse_prometheus(text: &str) -> Vec<Sample> {
             continue;
         }
         assert!(!line.starts_with('#'), "unexpected comment {line}");
-        let name_end = line
-            .find(|c: char| c == '{' || c == ' ')
-            .expect("name then labels or value");
+        let name_end = line.find(['{', ' ']).expect("name then labels or value");
         let name = &line[..name_end];
         assert!(
             name.chars()
