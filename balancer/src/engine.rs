@@ -780,6 +780,7 @@ impl Engine {
             self.config.alpha
         };
         let alpha = smoothing::alpha_for(base_alpha, dt, cfg_interval);
+        let overload_alpha = smoothing::alpha_for(self.config.overload_alpha, dt, cfg_interval);
         let decay = self
             .config
             .degraded_decay
@@ -832,7 +833,7 @@ impl Engine {
                 });
             }
         } else if n > 0 {
-            self.dynamic_weights(alpha, decay, now);
+            self.dynamic_weights(alpha, overload_alpha, decay, now);
         }
         let fallback_changed = self.in_fallback != fallback;
         if fallback {
@@ -896,7 +897,7 @@ impl Engine {
         }
     }
 
-    fn dynamic_weights(&mut self, alpha: f64, decay: f64, now: Instant) {
+    fn dynamic_weights(&mut self, alpha: f64, overload_alpha: f64, decay: f64, now: Instant) {
         let cfg = &self.config;
         // Eligible: live endpoints.
         self.scratch_idx.clear();
@@ -997,7 +998,11 @@ impl Engine {
                     {
                         cap((f * c).max(lo), CapKind::Ramp, &mut b);
                     }
-                    smoothing::smooth(old, c, alpha)
+                    // Fast down, slow up: a path planned past its capacity sheds load at once.
+                    let overloaded = cfg.mode == Mode::Throughput
+                        && c < old
+                        && old * total_load > self.scratch_caps[k];
+                    smoothing::smooth(old, c, if overloaded { overload_alpha } else { alpha })
                 }
             };
             self.scratch_w[i] = w;
@@ -1137,7 +1142,7 @@ impl Engine {
             // Oscillation and drift.
             let cfg = &self.config;
             let ep = &mut self.endpoints[i];
-            match ep.oscillation.observe(now, new_w - old_w, min_step, cfg) {
+            match ep.oscillation.observe(now, old_w, new_w, min_step, cfg) {
                 OscillationEvent::Detected(r) => {
                     self.alerts.push(Alert {
                         at: now,

@@ -324,3 +324,45 @@ fn tripped_canary_stays_out_until_reset() {
         row.weight
     );
 }
+
+/// Ticks until `a`'s share falls below `target`, after `a` becomes 5× slower than `b` at a steady share.
+fn ticks_to_shed(overload_alpha: f64, target: f64) -> usize {
+    let cfg = EngineConfig {
+        overload_alpha,
+        ..EngineConfig::default()
+    };
+    let (mut e, mut clock) = two(cfg);
+    for _ in 0..40 {
+        let now = clock.tick();
+        e.on_heartbeat(now, "a", hb(400, 10)).unwrap();
+        e.on_heartbeat(now, "b", hb(400, 10)).unwrap();
+        e.on_tick(now);
+    }
+    assert!(
+        (e.table().weight("a") - 0.5).abs() < 0.02,
+        "{:?}",
+        e.table()
+    );
+    for k in 1..=40 {
+        let now = clock.tick();
+        // a now serves at 50 ms: its capacity (8 slots / 50 ms = 160 req/s) is below the 400 req/s it gets.
+        e.on_heartbeat(now, "a", hb(400, 50)).unwrap();
+        e.on_heartbeat(now, "b", hb(400, 10)).unwrap();
+        e.on_tick(now);
+        if e.table().weight("a") < target {
+            return k;
+        }
+    }
+    usize::MAX
+}
+
+#[test]
+fn an_overloaded_path_sheds_share_faster_than_it_gains() {
+    let plain = ticks_to_shed(0.3, 0.25);
+    let fast_down = ticks_to_shed(0.7, 0.25);
+    assert!(
+        fast_down < plain,
+        "fast down took {fast_down} ticks, plain smoothing {plain}"
+    );
+    assert!(fast_down <= 4, "fast down took {fast_down} ticks of 500 ms");
+}

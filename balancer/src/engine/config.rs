@@ -104,6 +104,13 @@ pub struct EngineConfig {
     pub oscillation_window: Duration,
     /// Reversals within the window that make a sawtooth. Default 4.
     pub oscillation_min_reversals: usize,
+    /// α for an endpoint whose planned load is past its estimated capacity and whose share must fall: fast
+    /// down, slow up. Smoothing exists to stop oscillation between paths with close metrics; an overloaded path
+    /// builds a queue every tick it keeps its share, so it sheds load at this rate. Default 0.7.
+    pub overload_alpha: f64,
+    /// A reversal counts toward a sawtooth only if the swing it ends is at least this large (in share).
+    /// Default 0.04 (4 percentage points): smaller wobbles are measurement noise.
+    pub oscillation_min_swing: f64,
     /// α used while a sawtooth is detected (damping harder). Default 0.1.
     pub oscillation_damped_alpha: f64,
     /// Drift alert when a weight moves more than this (in share, 0.20 = 20 percentage points) ... Default 0.20.
@@ -153,6 +160,8 @@ impl Default for EngineConfig {
             oscillation_window: Duration::from_secs(10),
             oscillation_min_reversals: 4,
             oscillation_damped_alpha: 0.1,
+            oscillation_min_swing: 0.04,
+            overload_alpha: 0.7,
             drift_threshold: 0.20,
             drift_window: Duration::from_secs(300),
             decision_threshold: 0.01,
@@ -227,6 +236,24 @@ impl EngineConfig {
             true,
             1.0,
         )?;
+        if !(self.oscillation_min_swing.is_finite()
+            && (0.0..1.0).contains(&self.oscillation_min_swing))
+        {
+            return Err(ConfigError {
+                field: "oscillation_min_swing",
+                expected: format!("a share in [0, 1), found {}", self.oscillation_min_swing),
+            });
+        }
+        fraction("overload_alpha", self.overload_alpha, true, 1.0)?;
+        if self.overload_alpha < self.alpha {
+            return Err(ConfigError {
+                field: "overload_alpha",
+                expected: format!(
+                    "at least alpha ({}), found {}",
+                    self.alpha, self.overload_alpha
+                ),
+            });
+        }
         if self.oscillation_damped_alpha > self.alpha {
             return Err(ConfigError {
                 field: "oscillation_damped_alpha",

@@ -1,5 +1,8 @@
 //! Oscillation: a sawtooth is `oscillation_min_reversals` direction reversals of an endpoint's weight within
-//! `oscillation_window` (moves smaller than the decision threshold are not directions). While any endpoint
+//! `oscillation_window` (moves smaller than the decision threshold are not directions, and a reversal counts
+//! only when the swing it ends, from the previous turning point to this one, is at least
+//! `oscillation_min_swing`: measurement noise wobbles a weight by a point or two without being a sawtooth,
+//! and damping on noise would slow the reaction to a real change). While any endpoint
 //! oscillates, the engine smooths with `oscillation_damped_alpha` instead of `alpha` (damping harder); once no
 //! reversal has been seen for a whole window it relaxes back.
 
@@ -12,6 +15,8 @@ use super::config::EngineConfig;
 #[derive(Debug, Clone, Default)]
 pub struct Oscillation {
     last_direction: i8,
+    /// The weight at the last turning point, and the extreme reached since.
+    turn: Option<(f64, f64)>,
     reversals: VecDeque<Instant>,
     /// Whether a sawtooth is in force for this endpoint.
     pub damped: bool,
@@ -33,16 +38,30 @@ impl Oscillation {
     pub fn observe(
         &mut self,
         now: Instant,
-        delta: f64,
+        old: f64,
+        new: f64,
         min_step: f64,
         cfg: &EngineConfig,
     ) -> OscillationEvent {
+        let delta = new - old;
+        let (turned_at, extreme) = *self.turn.get_or_insert((old, old));
         if delta.abs() >= min_step && min_step > 0.0 {
             let dir: i8 = if delta > 0.0 { 1 } else { -1 };
             if self.last_direction != 0 && dir != self.last_direction {
-                self.reversals.push_back(now);
+                // `old` is the turning point; the swing that just ended went from `turned_at` to it.
+                if (extreme - turned_at).abs() >= cfg.oscillation_min_swing {
+                    self.reversals.push_back(now);
+                }
+                self.turn = Some((extreme, new));
+            } else {
+                self.turn = Some((turned_at, new));
             }
             self.last_direction = dir;
+        } else if let Some((_, e)) = &mut self.turn {
+            // Small moves extend the current swing without changing its direction.
+            if (self.last_direction > 0 && new > *e) || (self.last_direction < 0 && new < *e) {
+                *e = new;
+            }
         }
         while self
             .reversals
@@ -69,5 +88,44 @@ impl Oscillation {
     /// Reversals within the window.
     pub fn reversals(&self) -> usize {
         self.reversals.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn run(weights: &[f64]) -> (Oscillation, bool) {
+        let cfg = EngineConfig::default();
+        let start = Instant::now();
+        let mut o = Oscillation::default();
+        let mut detected = false;
+        for (k, pair) in weights.windows(2).enumerate() {
+            let now = start + Duration::from_millis(500 * k as u64);
+            detected |= matches!(
+                o.observe(now, pair[0], pair[1], cfg.decision_threshold, &cfg),
+                OscillationEvent::Detected(_)
+            );
+        }
+        (o, detected)
+    }
+
+    #[test]
+    fn noise_of_a_point_or_two_is_not_a_sawtooth() {
+        let noisy: Vec<f64> = (0..30)
+            .map(|k| 0.67 + if k % 2 == 0 { 0.012 } else { -0.012 })
+            .collect();
+        let (o, detected) = run(&noisy);
+        assert!(!detected && o.reversals() == 0);
+    }
+
+    #[test]
+    fn large_swings_back_and_forth_are_a_sawtooth() {
+        let saw: Vec<f64> = (0..30)
+            .map(|k| if (k / 2) % 2 == 0 { 0.5 } else { 0.7 })
+            .collect();
+        let (o, detected) = run(&saw);
+        assert!(detected && o.damped);
     }
 }
