@@ -25,6 +25,24 @@
 //! - [`channel`]: the `tower::Service`: request ids, pick, dispatch on the endpoint's lazily-connected
 //!   tonic channel ([`endpoints`]), retries under a budget ([`retry`]), response tracking.
 //! - [`orca`]: ORCA trailers as a bounded fast signal between snapshots; [`metrics`]: Prometheus text.
+//! - Routing variants, each off by default and precomputed by the policy task so that the pick stays
+//!   lock-free and allocation-free: [`hashing`] (key-hashed routing on a weighted Maglev table),
+//!   [`zones`] (zone preference with spillover and hysteresis), [`split`] (a fraction of requests on
+//!   dynamic weights, the rest on static ones, compared in the metrics).
+//!
+//! Which variant when:
+//! - **default (weighted pick)**: stateless services; the most exact balance by the coordinator's weights.
+//! - **[`hash_key_header`](Builder::hash_key_header)**: stateful services (caches, sessions, actors) where a
+//!   key should keep hitting the same endpoint; each endpoint's share of keys follows its weight, and a
+//!   weight change moves close to the minimum of keys. Balance is only as even as the keys are.
+//! - **[`zone_policy`](Builder::zone_policy)**: backends in several zones where crossing zones costs
+//!   latency or money and each zone is sized for its own clients; spills only when the local zone is
+//!   unhealthy or busy, and does not flap.
+//! - **[`dynamic_fraction`](Builder::dynamic_fraction)**: adopting Lateral: put 10% of traffic on the
+//!   coordinator's weights, compare the `group="dynamic"` and `group="static"` series, then raise it.
+//!
+//! They combine: hashed requests follow their group's table, zone preference applies to both groups'
+//! weighted picks (not to hashed requests: a key has one owner across zones).
 //!
 //! What it does not touch: computing weights (the engine and the coordinator do that) and deduplicating
 //! requests (the agent does, by `x-lateral-request-id`).
@@ -32,12 +50,15 @@
 pub mod builder;
 pub mod channel;
 pub mod endpoints;
+pub mod hashing;
 pub mod metrics;
 pub mod orca;
 pub mod picker;
 pub mod retry;
 pub mod snapshot;
+pub mod split;
 pub mod watch;
+pub mod zones;
 
 pub use builder::Builder;
 pub use channel::{Balancer, BoxError};
@@ -45,6 +66,8 @@ pub use endpoints::EndpointConfig;
 pub use metrics::ClientMetrics;
 pub use retry::RetryBudgetConfig;
 pub use snapshot::WeightsFeed;
+pub use split::{Group, GroupStats};
+pub use zones::ZonePolicy;
 
 /// The request header carrying a request id that stays the same across retries, so the agent can drop a
 /// duplicate.

@@ -15,10 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::channel::{Balancer, Inner};
 use super::endpoints::EndpointConfig;
+use super::hashing::{DEFAULT_TABLE_SIZE, maglev};
 use super::metrics::ClientMetrics;
 use super::picker::PickerSnapshot;
 use super::retry::{RetryBudget, RetryBudgetConfig};
-use super::snapshot::{Policy, Shared, WeightsFeed};
+use super::snapshot::{Policy, RoutingOptions, Shared, WeightsFeed};
+use super::split::Splitter;
+use super::zones::ZonePolicy;
 use crate::Error;
 
 /// The default largest request body buffered for retries.
@@ -41,6 +44,10 @@ pub struct Builder {
     refine_by_in_flight: bool,
     orca_refresh: Duration,
     attached: Vec<Attached>,
+    hash_key_header: Option<String>,
+    hash_table_size: usize,
+    dynamic_fraction: Option<f64>,
+    zone_policy: Option<ZonePolicy>,
 }
 
 struct Attached(Box<dyn std::any::Any + Send + Sync>);
@@ -69,6 +76,10 @@ impl Balancer {
             refine_by_in_flight: true,
             orca_refresh: Duration::from_millis(100),
             attached: Vec::new(),
+            hash_key_header: None,
+            hash_table_size: DEFAULT_TABLE_SIZE,
+            dynamic_fraction: None,
+            zone_policy: None,
         }
     }
 }
@@ -188,9 +199,41 @@ impl Builder {
         self
     }
 
-    /// The client's zone, sent to the coordinator.
+    /// The client's zone, sent to the coordinator (and preferred when [`zone_policy`](Self::zone_policy) is
+    /// set).
     pub fn zone(mut self, zone: impl Into<String>) -> Self {
         self.zone = zone.into();
+        self
+    }
+
+    /// Zone preference with spillover (see [`zones`](super::zones)): requests go to endpoints of this
+    /// client's [`zone`](Self::zone), renormalised within it, and spill to all zones when the local zone is
+    /// unhealthy or busy, with hysteresis. Requires a zone.
+    pub fn zone_policy(mut self, policy: ZonePolicy) -> Self {
+        self.zone_policy = Some(policy);
+        self
+    }
+
+    /// Key-hashed routing (see [`hashing`](super::hashing)): a request carrying metadata `header` (e.g.
+    /// `x-user-id`) goes to the endpoint owning its value in a weighted Maglev table; requests without it
+    /// take the weighted pick.
+    pub fn hash_key_header(mut self, header: impl Into<String>) -> Self {
+        self.hash_key_header = Some(header.into());
+        self
+    }
+
+    /// The Maglev table size of key hashing: a prime (default 65 537). Larger is closer to the weights and
+    /// costs memory (4 bytes a slot) and build time.
+    pub fn hash_table_size(mut self, slots: usize) -> Self {
+        self.hash_table_size = slots;
+        self
+    }
+
+    /// A dynamic/static split for a safe rollout of Lateral (see [`split`](super::split)): `fraction` of the
+    /// requests (in [0, 1], e.g. 0.1) follow the coordinator's weights, the rest the static weights; both
+    /// groups' latency and errors are in the metrics.
+    pub fn dynamic_fraction(mut self, fraction: f64) -> Self {
+        self.dynamic_fraction = Some(fraction);
         self
     }
 
@@ -290,6 +333,45 @@ impl Builder {
                 ));
             }
         }
+        let hash_key = match &self.hash_key_header {
+            Some(name) => Some(http::HeaderName::try_from(name.as_str()).map_err(|_| {
+                config_error(
+                    "hash_key_header",
+                    format!("a valid metadata (header) name, found {name:?}"),
+                )
+            })?),
+            None => None,
+        };
+        if hash_key.is_some() && !maglev::is_prime(self.hash_table_size) {
+            return Err(config_error(
+                "hash_table_size",
+                format!("a prime number of slots, found {}", self.hash_table_size),
+            ));
+        }
+        if let Some(f) = self.dynamic_fraction
+            && !(f.is_finite() && (0.0..=1.0).contains(&f))
+        {
+            return Err(config_error(
+                "dynamic_fraction",
+                format!("a fraction in [0, 1], found {f}"),
+            ));
+        }
+        if let Some(policy) = &self.zone_policy {
+            if self.zone.is_empty() {
+                return Err(config_error(
+                    "zone_policy",
+                    "a client zone: call .zone(\"..\") too".into(),
+                ));
+            }
+            if let Some(why) = policy.invalid() {
+                return Err(config_error("zone_policy", why));
+            }
+        }
+        let routing = RoutingOptions {
+            hash_table_size: hash_key.is_some().then_some(self.hash_table_size),
+            split: self.dynamic_fraction.is_some(),
+            zone: self.zone_policy.map(|p| (self.zone.clone(), p)),
+        };
         let client_id = match self.client_id {
             Some(id) => id,
             None => format!(
@@ -318,6 +400,8 @@ impl Builder {
                 why_empty: String::new(),
                 total_in_flight: Arc::clone(&total_in_flight),
                 refine_by_in_flight: false,
+                hash: None,
+                static_group: None,
             }),
             metrics: Arc::new(ClientMetrics::new(&self.service)),
             total_in_flight,
@@ -332,6 +416,7 @@ impl Builder {
             Some(rng.random()),
             self.refine_by_in_flight,
             self.orca_refresh,
+            routing,
         )?;
         let stop = CancellationToken::new();
         let mut feed = self.feed;
@@ -361,6 +446,8 @@ impl Builder {
                 client_id,
                 next_request: AtomicU64::new(0),
                 max_replay_bytes: self.max_replay_bytes,
+                hash_key,
+                split: self.dynamic_fraction.map(Splitter::new),
                 _stop: stop.drop_guard(),
                 _attached: self.attached.into_iter().map(|a| a.0).collect(),
             }),

@@ -21,6 +21,7 @@ use super::metrics::ClientMetrics;
 use super::orca;
 use super::retry::RetryBudget;
 use super::snapshot::Shared;
+use super::split::{Group, Splitter};
 
 /// The error type of [`Balancer`]: tonic turns it into a `Status` (a `tonic::Status` inside is kept as is,
 /// transport errors become UNAVAILABLE, as with a plain `Channel`).
@@ -47,6 +48,10 @@ pub(crate) struct Inner {
     pub(crate) client_id: String,
     pub(crate) next_request: AtomicU64,
     pub(crate) max_replay_bytes: usize,
+    /// Key-hashed routing: the metadata carrying the key.
+    pub(crate) hash_key: Option<http::HeaderName>,
+    /// A dynamic/static split: assigns each request its group.
+    pub(crate) split: Option<Splitter>,
     pub(crate) _stop: DropGuard,
     pub(crate) _attached: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
@@ -138,7 +143,21 @@ enum Outcome {
 }
 
 impl Inner {
+    /// Routes one call; with a split, assigns its group and counts it in the group's metrics.
     async fn dispatch(self: Arc<Self>, request: Request<Body>) -> Result<Response<Body>, BoxError> {
+        let Some(group) = self.split.as_ref().map(Splitter::assign) else {
+            return self.dispatch_in(request, Group::Dynamic).await;
+        };
+        let started = tokio::time::Instant::now();
+        let result = Arc::clone(&self).dispatch_in(request, group).await;
+        super::split::track(&self.shared.metrics, group, started, result)
+    }
+
+    async fn dispatch_in(
+        self: Arc<Self>,
+        request: Request<Body>,
+        group: Group,
+    ) -> Result<Response<Body>, BoxError> {
         let metrics = &self.shared.metrics;
         metrics.requests.fetch_add(1, Ordering::Relaxed);
         self.budget.deposit();
@@ -157,8 +176,13 @@ impl Inner {
         if !span.is_disabled() {
             crate::telemetry::propagation::inject_current(&mut parts.headers);
         }
+        let key = self
+            .hash_key
+            .as_ref()
+            .and_then(|name| parts.headers.get(name))
+            .map(|value| super::hashing::hash_key(value.as_bytes()));
         let picker = self.shared.picker.load_full();
-        let Some(mut endpoint) = picker.pick().cloned() else {
+        let Some(mut endpoint) = picker.pick_for(key, group).cloned() else {
             metrics.no_endpoint.fetch_add(1, Ordering::Relaxed);
             return Err(Box::new(tonic::Status::unavailable(
                 picker.why_empty.clone(),
@@ -178,7 +202,7 @@ impl Inner {
                 Outcome::Retry(result) => result,
             };
             let picker = self.shared.picker.load_full();
-            let Some(next) = picker.pick_other(&endpoint).cloned() else {
+            let Some(next) = picker.pick_other_for(&endpoint, group).cloned() else {
                 return result;
             };
             if !self.budget.withdraw() {

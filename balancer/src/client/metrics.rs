@@ -22,6 +22,10 @@ pub struct ClientMetrics {
     pub(crate) snapshots: AtomicU64,
     pub(crate) orca_reports: AtomicU64,
     picks: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+    /// The dynamic/static split's per-group series (rendered only with a split).
+    pub(crate) split: super::split::SplitMetrics,
+    /// Zone preference's mode (rendered only with a zone policy).
+    pub(crate) zones: super::zones::ZoneMetrics,
 }
 
 impl ClientMetrics {
@@ -38,6 +42,8 @@ impl ClientMetrics {
             snapshots: AtomicU64::new(0),
             orca_reports: AtomicU64::new(0),
             picks: Mutex::new(BTreeMap::new()),
+            split: Default::default(),
+            zones: Default::default(),
         }
     }
 
@@ -94,6 +100,22 @@ impl ClientMetrics {
             .iter()
             .map(|(id, c)| (id.clone(), c.load(Ordering::Relaxed)))
             .collect()
+    }
+
+    /// One rollout group's requests, errors and latency histogram (all zero without a
+    /// [`dynamic_fraction`](super::Builder::dynamic_fraction)).
+    pub fn group(&self, group: super::split::Group) -> super::split::GroupStats {
+        self.split.stats(group)
+    }
+
+    /// Whether zone preference is spilling out of the local zone.
+    pub fn zone_spilling(&self) -> bool {
+        self.zones.spilling()
+    }
+
+    /// Changes between local and spill mode so far.
+    pub fn zone_transitions(&self) -> u64 {
+        self.zones.transitions()
     }
 
     /// Renders every metric in the Prometheus text exposition format.
@@ -171,6 +193,8 @@ impl ClientMetrics {
                 escape(&id)
             );
         }
+        self.split.render(&mut out, &service);
+        self.zones.render(&mut out, &service);
         out
     }
 }

@@ -22,6 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::endpoints::EndpointHandle;
+use super::hashing::MaglevTable;
+use super::split::Group;
 
 /// The largest scaled integer weight (gRFC A58's `kMaxWeight`).
 pub const MAX_WEIGHT: u64 = u16::MAX as u64;
@@ -134,6 +136,18 @@ pub(crate) struct PickerSnapshot {
     pub(crate) total_in_flight: Arc<AtomicUsize>,
     /// Whether the in-flight refinement is on.
     pub(crate) refine_by_in_flight: bool,
+    /// The key-hash table over `endpoints` (coordinator weights), when key hashing is on.
+    pub(crate) hash: Option<Arc<MaglevTable>>,
+    /// The static-weight group's routing, when a dynamic/static split is on.
+    pub(crate) static_group: Option<StaticRoute>,
+}
+
+/// How the static group of a split routes: static weights over the same endpoints.
+#[derive(Debug)]
+pub(crate) struct StaticRoute {
+    pub(crate) scheduler: Option<StrideScheduler>,
+    /// The key-hash table on static weights, when key hashing is on.
+    pub(crate) hash: Option<Arc<MaglevTable>>,
 }
 
 impl PickerSnapshot {
@@ -155,9 +169,46 @@ impl PickerSnapshot {
         self.endpoints.get(index)
     }
 
+    /// Picks an endpoint for a request of `group` whose routing key hashes to `key` (if it has one): the
+    /// key's owner in the group's hash table when key hashing is on, else the group's weighted pick.
+    /// Lock-free and allocation-free.
+    #[inline]
+    pub(crate) fn pick_for(&self, key: Option<u64>, group: Group) -> Option<&Arc<EndpointHandle>> {
+        if let (Group::Static, Some(route)) = (group, &self.static_group) {
+            if let (Some(key), Some(table)) = (key, &route.hash) {
+                return self.endpoints.get(table.lookup(key));
+            }
+            let scheduler = route.scheduler.as_ref()?;
+            return self.endpoints.get(scheduler.pick());
+        }
+        if let (Some(key), Some(table)) = (key, &self.hash) {
+            return self.endpoints.get(table.lookup(key));
+        }
+        self.pick()
+    }
+
+    /// Picks an endpoint other than `avoid` for a retry of a request of `group`.
+    pub(crate) fn pick_other_for(
+        &self,
+        avoid: &EndpointHandle,
+        group: Group,
+    ) -> Option<&Arc<EndpointHandle>> {
+        match (group, &self.static_group) {
+            (Group::Static, Some(route)) => self.pick_other_in(route.scheduler.as_ref()?, avoid),
+            _ => self.pick_other(avoid),
+        }
+    }
+
     /// Picks an endpoint other than `avoid` (for a retry), trying a bounded number of times.
     pub(crate) fn pick_other(&self, avoid: &EndpointHandle) -> Option<&Arc<EndpointHandle>> {
-        let scheduler = self.scheduler.as_ref()?;
+        self.pick_other_in(self.scheduler.as_ref()?, avoid)
+    }
+
+    fn pick_other_in<'a>(
+        &'a self,
+        scheduler: &StrideScheduler,
+        avoid: &EndpointHandle,
+    ) -> Option<&'a Arc<EndpointHandle>> {
         // Each distinct positive-weight endpoint appears within `len` selections of a generation sweep in
         // expectation; bound the probing so a pick never spins.
         for _ in 0..(4 * scheduler.len() + 8) {

@@ -30,9 +30,11 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::endpoints::{EndpointConfig, EndpointHandle};
+use super::hashing::TableCache;
 use super::metrics::ClientMetrics;
 use super::orca;
-use super::picker::{PickerSnapshot, StrideScheduler};
+use super::picker::{PickerSnapshot, StaticRoute, StrideScheduler};
+use super::zones::{ZoneMode, ZonePolicy, ZoneSignals, ZoneState};
 use crate::Error;
 
 /// The receiving end of a weight feed: the latest snapshot, `None` until there is one.
@@ -70,6 +72,19 @@ struct Entry {
     /// The coordinator's (or the static) weight, before ORCA.
     weight: f64,
     state: EndpointState,
+    /// The endpoint's zone (from the snapshot, else from the builder); empty when unknown.
+    zone: String,
+}
+
+/// The routing variants a policy precomputes for the pick path.
+#[derive(Debug, Default)]
+pub(crate) struct RoutingOptions {
+    /// Key hashing on, with this table size.
+    pub(crate) hash_table_size: Option<usize>,
+    /// A dynamic/static split on: publish the static group's routing too.
+    pub(crate) split: bool,
+    /// Zone preference on: this client's zone and the thresholds.
+    pub(crate) zone: Option<(String, ZonePolicy)>,
 }
 
 /// The endpoint table and the rules that publish pickers from it.
@@ -82,6 +97,16 @@ pub(crate) struct Policy {
     rng: SmallRng,
     refine_by_in_flight: bool,
     orca_refresh: Duration,
+    routing: RoutingOptions,
+    /// The configured static weights by id (empty: equal), for the static group of a split.
+    static_weights: HashMap<String, f64>,
+    /// Zones given to the builder, by id (a snapshot that names no zone keeps these).
+    configured_zones: HashMap<String, String>,
+    hash_cache: TableCache,
+    static_hash_cache: TableCache,
+    zone_state: Option<ZoneState>,
+    /// When a zone change held back by the dwell is due for another look.
+    zone_recheck: Option<Instant>,
 }
 
 impl Policy {
@@ -93,6 +118,7 @@ impl Policy {
         seed: Option<u64>,
         refine_by_in_flight: bool,
         orca_refresh: Duration,
+        routing: RoutingOptions,
     ) -> Result<Self, Error> {
         let rng = match seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
@@ -115,8 +141,16 @@ impl Policy {
                 handle: Arc::new(handle),
                 weight,
                 state: EndpointState::Active,
+                zone: config.zone.clone(),
             });
         }
+        if routing.split {
+            shared.metrics.split.enable();
+        }
+        if routing.zone.is_some() {
+            shared.metrics.zones.enable();
+        }
+        let zone_state = routing.zone.as_ref().map(|(_, p)| ZoneState::new(*p));
         let mut policy = Self {
             shared,
             entries,
@@ -125,6 +159,16 @@ impl Policy {
             rng,
             refine_by_in_flight,
             orca_refresh,
+            routing,
+            static_weights: weights.clone(),
+            configured_zones: configured
+                .iter()
+                .map(|c| (c.id.clone(), c.zone.clone()))
+                .collect(),
+            hash_cache: TableCache::default(),
+            static_hash_cache: TableCache::default(),
+            zone_state,
+            zone_recheck: None,
         };
         policy.publish();
         Ok(policy)
@@ -197,10 +241,19 @@ impl Policy {
                 f64::from(ew.load_balancing_weight) / 1e6
             };
             let state = EndpointState::try_from(ew.state).unwrap_or(EndpointState::Unspecified);
+            let zone = if ew.zone.is_empty() {
+                self.configured_zones
+                    .get(&ew.id)
+                    .cloned()
+                    .unwrap_or_default()
+            } else {
+                ew.zone.clone()
+            };
             entries.push(Entry {
                 handle,
                 weight,
                 state,
+                zone,
             });
         }
         for id in old.keys() {
@@ -248,9 +301,11 @@ impl Policy {
         }
     }
 
-    /// Builds and publishes a picker from the table and the ORCA signals.
+    /// Builds and publishes a picker from the table and the ORCA signals, with the routing variants'
+    /// precomputed parts (hash tables, the static group, the zone mode).
     pub(crate) fn publish(&mut self) {
-        let mut weights: Vec<f64> = self
+        // The coordinator's weights with the exclusions, before ORCA: what the hash tables follow.
+        let base: Vec<f64> = self
             .entries
             .iter()
             .map(|e| {
@@ -266,7 +321,24 @@ impl Policy {
             .iter()
             .map(|e| e.handle.orca.utilization())
             .collect();
+        let mut weights = base.clone();
         orca::blend(&mut weights, &utilizations);
+        let local = self.zone_mask(&base, &utilizations);
+        if let Some(local) = &local {
+            for (w, l) in weights.iter_mut().zip(local) {
+                if !l {
+                    *w = 0.0;
+                }
+            }
+        }
+        let hash = self.routing.hash_table_size.and_then(|size| {
+            let inputs = self.table_inputs(&base);
+            self.hash_cache.get(inputs, size)
+        });
+        let static_group = self
+            .routing
+            .split
+            .then(|| self.static_route(local.as_deref()));
         let scheduler = StrideScheduler::new(&weights, self.rng.random());
         let sum: f64 = weights.iter().sum();
         let shares = weights
@@ -285,8 +357,111 @@ impl Policy {
             why_empty,
             total_in_flight: Arc::clone(&self.shared.total_in_flight),
             refine_by_in_flight: self.refine_by_in_flight,
+            hash,
+            static_group,
         };
         self.shared.picker.store(Arc::new(picker));
+    }
+
+    /// `(id, weight)` in table order, the input of a hash table.
+    fn table_inputs(&self, weights: &[f64]) -> Vec<(Arc<str>, f64)> {
+        self.entries
+            .iter()
+            .zip(weights)
+            .map(|(e, w)| (Arc::from(e.handle.id()), *w))
+            .collect()
+    }
+
+    /// The static group of a split: configured static weights (an endpoint the builder did not weigh gets
+    /// their mean; equal weights when none were given), the same exclusions, the zone mask if in local mode.
+    fn static_route(&mut self, local: Option<&[bool]>) -> StaticRoute {
+        let mean = if self.static_weights.is_empty() {
+            1.0
+        } else {
+            self.static_weights.values().sum::<f64>() / self.static_weights.len() as f64
+        };
+        let weights: Vec<f64> = self
+            .entries
+            .iter()
+            .map(|e| {
+                if Self::excluded(e.state).is_some() {
+                    0.0
+                } else if self.static_weights.is_empty() {
+                    1.0
+                } else {
+                    self.static_weights
+                        .get(e.handle.id())
+                        .copied()
+                        .unwrap_or(mean)
+                }
+            })
+            .collect();
+        let hash = self.routing.hash_table_size.and_then(|size| {
+            let inputs = self.table_inputs(&weights);
+            self.static_hash_cache.get(inputs, size)
+        });
+        let masked: Vec<f64> = match local {
+            Some(local) => weights
+                .iter()
+                .zip(local)
+                .map(|(w, l)| if *l { *w } else { 0.0 })
+                .collect(),
+            None => weights,
+        };
+        StaticRoute {
+            scheduler: StrideScheduler::new(&masked, self.rng.random()),
+            hash,
+        }
+    }
+
+    /// Evaluates zone preference (see [`zones`](super::zones)); `Some(mask of local endpoints)` while in
+    /// local mode.
+    fn zone_mask(&mut self, base: &[f64], utilizations: &[Option<f64>]) -> Option<Vec<bool>> {
+        let (zone, _) = self.routing.zone.as_ref()?;
+        let local: Vec<bool> = self.entries.iter().map(|e| e.zone == *zone).collect();
+        let mut signals = ZoneSignals {
+            local: 0,
+            healthy: 0,
+            utilization: None,
+        };
+        let (mut sum, mut reported) = (0.0, 0usize);
+        for (i, e) in self.entries.iter().enumerate() {
+            if !local[i] {
+                continue;
+            }
+            signals.local += 1;
+            let serving = matches!(
+                e.state,
+                EndpointState::Active | EndpointState::Ramping | EndpointState::Unspecified
+            );
+            if serving && base[i] > 0.0 {
+                signals.healthy += 1;
+            }
+            if let Some(u) = utilizations[i] {
+                sum += u;
+                reported += 1;
+            }
+        }
+        if reported > 0 {
+            signals.utilization = Some(sum / reported as f64);
+        }
+        let state = self.zone_state.as_mut()?;
+        let before = state.mode();
+        self.zone_recheck = state.observe(signals, Instant::now());
+        let mode = state.mode();
+        if mode != before {
+            tracing::info!(
+                service = %self.shared.service,
+                %zone,
+                local = signals.local,
+                healthy = signals.healthy,
+                utilization = signals.utilization.unwrap_or(f64::NAN),
+                ?mode,
+                "zone preference changed mode"
+            );
+        }
+        self.shared.metrics.zones.set(mode);
+        (mode == ZoneMode::Local).then_some(local)
     }
 
     fn why_empty(&self) -> String {
@@ -358,6 +533,10 @@ impl Policy {
                 }
                 _ = self.shared.orca_notify.notified(), if rebuild_at.is_none() => {
                     rebuild_at = Some(Instant::now() + self.orca_refresh);
+                }
+                _ = sleep_until(self.zone_recheck.unwrap_or_else(far)), if self.zone_recheck.is_some() => {
+                    self.zone_recheck = None;
+                    self.publish();
                 }
                 _ = sleep_until(rebuild_at.unwrap_or_else(far)), if rebuild_at.is_some() => {
                     rebuild_at = None;
