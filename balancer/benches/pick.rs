@@ -9,6 +9,10 @@
 //!   compared by load) and `call`, the returned future dropped unpolled. That is the per-request selection
 //!   path a p2c user pays; the inner service does nothing.
 //! - `unary/*`: one Echo unary RPC on loopback, 1 endpoint, through `Balancer` and through a `Channel`.
+//! - `pick_hashed/maglev_lookup/N`: a key-hashed pick: `hash_key` of a 12-byte key (as from an `x-user-id`
+//!   header) and one lookup in a 65 537-slot weighted Maglev table over N endpoints.
+//! - `pick_hashed/maglev_build/N`: building that table, the off-path cost paid when a snapshot changes the
+//!   weights.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -16,6 +20,7 @@ use std::task::{Context, Waker};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use lateral_balancer::client::Balancer;
+use lateral_balancer::client::hashing::{DEFAULT_TABLE_SIZE, MaglevTable, hash_key};
 use lateral_balancer::client::picker::StrideScheduler;
 use lateral_proto::demo::echo_client::EchoClient;
 use lateral_proto::demo::echo_server::{Echo, EchoServer};
@@ -58,6 +63,37 @@ fn pick(c: &mut Criterion) {
                 drop(black_box(balance.call(())));
             })
         });
+    }
+    group.finish();
+}
+
+fn pick_hashed(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick_hashed");
+    for n in SIZES {
+        let mut rng = SmallRng::seed_from_u64(n as u64);
+        let ids: Vec<String> = (0..n).map(|i| format!("endpoint-{i}")).collect();
+        let endpoints: Vec<(&str, f64)> = ids
+            .iter()
+            .map(|id| (id.as_str(), rng.random_range(0.1..1.0)))
+            .collect();
+        let Some(table) = MaglevTable::build(&endpoints, DEFAULT_TABLE_SIZE) else {
+            return;
+        };
+        let keys: Vec<String> = (0..1024).map(|i| format!("user-{i:07}")).collect();
+        let mut next = 0usize;
+        group.bench_with_input(BenchmarkId::new("maglev_lookup", n), &n, |b, _| {
+            b.iter(|| {
+                next = (next + 1) & 1023;
+                black_box(table.lookup(hash_key(keys[next].as_bytes())))
+            })
+        });
+        if n <= 100 {
+            group.sample_size(10);
+            group.bench_with_input(BenchmarkId::new("maglev_build", n), &n, |b, _| {
+                b.iter(|| black_box(MaglevTable::build(&endpoints, DEFAULT_TABLE_SIZE)))
+            });
+            group.sample_size(100);
+        }
     }
     group.finish();
 }
@@ -147,5 +183,5 @@ fn unary(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick, unary);
+criterion_group!(benches, pick, pick_hashed, unary);
 criterion_main!(benches);
