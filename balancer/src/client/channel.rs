@@ -190,17 +190,28 @@ impl Inner {
         };
         record_pick(&span, &picker, &endpoint);
         drop(picker);
-        let mut retried = false;
+        // A request that reached a server is retried at most once (and only if idempotent); one that never
+        // left (connect refused, reset before headers) may try up to MAX_ATTEMPTS endpoints, since a dead
+        // endpoint can be picked before the coordinator has ejected it.
+        const MAX_ATTEMPTS: u32 = 3;
+        let mut attempts = 0u32;
+        let mut sent_retry_used = false;
         loop {
+            attempts += 1;
             let attempt = Request::from_parts(parts.clone(), body.attempt());
             let outcome = self
-                .attempt(&endpoint, attempt, idempotent && !retried)
+                .attempt(&endpoint, attempt, idempotent && !sent_retry_used)
                 .await;
             let result = match outcome {
                 Outcome::Done(result) => return result,
-                Outcome::Retry(result) if retried || !body.can_send_again() => return result,
+                Outcome::Retry(result) if attempts >= MAX_ATTEMPTS || !body.can_send_again() => {
+                    return result;
+                }
                 Outcome::Retry(result) => result,
             };
+            // An answer (UNAVAILABLE to an idempotent method) means the request was sent: that retry is used.
+            // `attempt` only offers it while unused.
+            sent_retry_used |= result.is_ok();
             let picker = self.shared.picker.load_full();
             let Some(next) = picker.pick_other_for(&endpoint, group).cloned() else {
                 return result;
@@ -222,7 +233,6 @@ impl Inner {
             record_pick(&span, &picker, &next);
             span.record("retries", 1u32);
             endpoint = next;
-            retried = true;
         }
     }
 

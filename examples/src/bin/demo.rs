@@ -2,7 +2,7 @@
 //! coordinator and a client balancer, ~30 s of open-loop traffic with a latency spike and a path failure
 //! injected midway, live progress in the terminal and a summary table at the end.
 //!
-//! `cargo run --release -p lateral-examples --bin demo [-- --duration 30 --rate 700]`
+//! `cargo run --release -p lateral-examples --bin demo [-- --duration 30 --rate 450]`
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -29,7 +29,7 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     duration: u64,
     /// Requests per second offered (open loop, Poisson arrivals).
-    #[arg(long, default_value_t = 700)]
+    #[arg(long, default_value_t = 450)]
     rate: u32,
     /// Random seed (arrivals and service times).
     #[arg(long, default_value_t = 7)]
@@ -40,6 +40,8 @@ struct Args {
 struct PathStats {
     ok: u64,
     errors: u64,
+    /// Distinct failure messages (for requests that no backend answered), with counts.
+    failures: BTreeMap<String, u64>,
     latency_us: Option<Histogram<u64>>,
 }
 
@@ -277,6 +279,7 @@ async fn generate_load(
             let result = tokio::time::timeout(Duration::from_secs(5), client.unary(request)).await;
             // Latency from the intended send time: no coordinated omission.
             let micros = intended.elapsed().as_micros() as u64;
+            let mut failure = None;
             let (path, ok) = match result {
                 Ok(Ok(reply)) => (reply.into_inner().served_by, true),
                 Ok(Err(status)) => {
@@ -284,6 +287,7 @@ async fn generate_load(
                     let path = if ["fast", "slow", "cheap"].contains(&who.as_str()) {
                         who
                     } else {
+                        failure = Some(format!("{:?}: {}", status.code(), status.message()));
                         "(none)".into()
                     };
                     (path, false)
@@ -291,7 +295,11 @@ async fn generate_load(
                 Err(_) => ("(timeout)".into(), false),
             };
             if let Ok(mut s) = stats.lock() {
-                s.entry(path).or_default().record(ok, micros);
+                let entry = s.entry(path).or_default();
+                entry.record(ok, micros);
+                if let Some(f) = failure {
+                    *entry.failures.entry(truncate(&f, 160)).or_default() += 1;
+                }
             }
         });
         while inflight.try_join_next().is_some() {}
@@ -427,6 +435,9 @@ fn summary(stats: &Stats, coordinator: &Coordinator, balancer: &Balancer) {
         by_rule,
         alerts.len()
     );
+    for (message, count) in stats.values().flat_map(|s| &s.failures) {
+        println!("  {count} × {message}");
+    }
     for a in alerts.iter().rev().take(5) {
         println!("  alert [{}] {}: {}", a.kind, a.endpoint, a.message);
     }
