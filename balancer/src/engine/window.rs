@@ -92,7 +92,8 @@ impl Window {
 
     /// Adds a sample, dropping the oldest once full. With `step_change_factor > 1`, a sample whose mean
     /// latency differs from the window's by more than that factor (and that carries at least 10 requests), or
-    /// whose error rate differs from the window's by more than [`STEP_ERROR_RATE`] (with at least 20 requests),
+    /// whose error rate differs from the window's by more than [`STEP_ERROR_RATE`] and three standard errors
+    /// (with at least 20 requests),
     /// first clears the window: the estimate then follows the new regime at once. Returns whether it did.
     pub fn push(&mut self, sample: Sample, step_change_factor: f64) -> bool {
         let mut restarted = false;
@@ -100,8 +101,13 @@ impl Window {
             let agg = self.aggregate();
             if agg.completed >= 10.0 && agg.mean_s > 0.0 && sample.mean_s > 0.0 {
                 let ratio = sample.mean_s / agg.mean_s;
+                // The jump must also be well outside sampling noise: three standard errors of the window's
+                // rate at this sample's size (a steady 15% error rate over 40 requests wobbles by ±0.06).
+                let p = agg.error_rate.clamp(0.01, 0.99);
+                let noise = 3.0 * (p * (1.0 - p) / sample.completed).sqrt();
                 let error_jump = sample.completed >= 20.0
-                    && (sample.failed / sample.completed - agg.error_rate).abs() > STEP_ERROR_RATE;
+                    && (sample.failed / sample.completed - agg.error_rate).abs()
+                        > STEP_ERROR_RATE.max(noise);
                 if ratio > step_change_factor || ratio < 1.0 / step_change_factor || error_jump {
                     self.clear();
                     restarted = true;
@@ -241,5 +247,22 @@ mod tests {
         assert!(w.push(sample(t, 50.0, 50.0, 90.0), 2.0));
         assert_eq!(w.len(), 1);
         assert!((w.aggregate().mean_s - 0.050).abs() < 1e-12);
+    }
+
+    #[test]
+    fn error_rate_noise_does_not_restart_but_a_real_step_does() {
+        let t = Instant::now();
+        let with_errors = |failed: f64| Sample {
+            failed,
+            ..sample(t, 40.0, 10.0, 20.0)
+        };
+        let mut w = Window::new(8);
+        for failed in [6.0, 6.0, 6.0, 6.0] {
+            w.push(with_errors(failed), 2.0);
+        }
+        // 15% steady; one heartbeat at 30% (12 of 40) is within three standard errors of sampling noise.
+        assert!(!w.push(with_errors(12.0), 2.0));
+        // 80% is a step.
+        assert!(w.push(with_errors(32.0), 2.0));
     }
 }
