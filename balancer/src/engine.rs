@@ -952,6 +952,11 @@ impl Engine {
             Mode::Latency => capacity::proportional(&self.scratch_caps, &mut calc[..m]),
         }
         let floor = cfg.floor;
+        let active_count = self
+            .endpoints
+            .iter()
+            .filter(|e| e.state == EndpointState::Active)
+            .count();
         for (k, &i) in self.scratch_idx.iter().enumerate() {
             let ep = &mut self.endpoints[i];
             let old = self.table.entries[i].weight;
@@ -996,7 +1001,13 @@ impl Engine {
                     if ep.state == EndpointState::Ramping
                         && let Some(f) = ep.readmission.ramp_factor(now, cfg)
                     {
-                        cap((f * c).max(lo), CapKind::Ramp, &mut b);
+                        let ramp = (f * c).max(lo);
+                        cap(ramp, CapKind::Ramp, &mut b);
+                        // With an active endpoint to absorb the rest, the ramp is firmer than the planning
+                        // caps: running the others a little past 80% beats flooding a cold endpoint.
+                        if active_count > 0 {
+                            b.hard_hi = b.hard_hi.min(ramp.max(b.lo));
+                        }
                     }
                     // Fast down, slow up: a path planned past its capacity sheds load at once.
                     let overloaded = cfg.mode == Mode::Throughput

@@ -366,3 +366,40 @@ fn an_overloaded_path_sheds_share_faster_than_it_gains() {
     );
     assert!(fast_down <= 4, "fast down took {fast_down} ticks of 500 ms");
 }
+
+#[test]
+fn a_returning_endpoint_ramps_even_when_the_others_run_past_the_planning_cap() {
+    let (mut e, mut clock) = two(EngineConfig::default());
+    for _ in 0..30 {
+        let now = clock.tick();
+        e.on_heartbeat(now, "a", hb(400, 10)).unwrap();
+        e.on_heartbeat(now, "b", hb(400, 10)).unwrap();
+        e.on_tick(now);
+    }
+    // b goes silent until ejected; a carries everything (800 req/s, its full capacity of 8 slots / 10 ms).
+    for _ in 0..14 {
+        let now = clock.tick();
+        e.on_heartbeat(now, "a", hb(800, 10)).unwrap();
+        e.on_tick(now);
+    }
+    assert_eq!(e.table().get("b").unwrap().state, EndpointState::Ejected);
+    // b returns: the planning cap would push a down to 80% at once; the ramp keeps b low instead.
+    let mut first = Vec::new();
+    for _ in 0..4 {
+        let now = clock.tick();
+        e.on_heartbeat(now, "a", hb(800, 10)).unwrap();
+        e.on_heartbeat(now, "b", hb(0, 10)).unwrap();
+        e.on_tick(now);
+        first.push(e.table().weight("b"));
+    }
+    assert_eq!(e.table().get("b").unwrap().state, EndpointState::Ramping);
+    assert!(
+        first[0] <= 0.12,
+        "b's first shares while ramping: {first:?}"
+    );
+    assert!(
+        first.windows(2).all(|p| p[1] - p[0] <= 0.03),
+        "a gradual ramp: {first:?}"
+    );
+    assert!(first[3] <= 0.2, "b's first shares while ramping: {first:?}");
+}
