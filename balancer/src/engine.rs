@@ -1013,7 +1013,12 @@ impl Engine {
                     let overloaded = cfg.mode == Mode::Throughput
                         && c < old
                         && old * total_load > self.scratch_caps[k];
-                    smoothing::smooth(old, c, if overloaded { overload_alpha } else { alpha })
+                    let a = if overloaded {
+                        overload_alpha
+                    } else {
+                        smoothing::settled_alpha(alpha, c - old, cfg.settle_band)
+                    };
+                    smoothing::smooth(old, c, a)
                 }
             };
             self.scratch_w[i] = w;

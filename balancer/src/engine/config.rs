@@ -108,6 +108,9 @@ pub struct EngineConfig {
     /// down, slow up. Smoothing exists to stop oscillation between paths with close metrics; an overloaded path
     /// builds a queue every tick it keeps its share, so it sheds load at this rate. Default 0.7.
     pub overload_alpha: f64,
+    /// Gap (calculated − current share) below which smoothing slows in proportion, down to α/4, so that
+    /// estimate noise does not walk a converged weight around; 0 disables. Default 0.05.
+    pub settle_band: f64,
     /// A reversal counts toward a sawtooth only if the swing it ends is at least this large (in share).
     /// Default 0.04 (4 percentage points): smaller wobbles are measurement noise.
     pub oscillation_min_swing: f64,
@@ -161,6 +164,7 @@ impl Default for EngineConfig {
             oscillation_min_reversals: 4,
             oscillation_damped_alpha: 0.1,
             oscillation_min_swing: 0.04,
+            settle_band: 0.05,
             overload_alpha: 0.7,
             drift_threshold: 0.20,
             drift_window: Duration::from_secs(300),
@@ -245,6 +249,12 @@ impl EngineConfig {
             });
         }
         fraction("overload_alpha", self.overload_alpha, true, 1.0)?;
+        if !(self.settle_band.is_finite() && (0.0..0.5).contains(&self.settle_band)) {
+            return Err(ConfigError {
+                field: "settle_band",
+                expected: format!("a share in [0, 0.5), found {}", self.settle_band),
+            });
+        }
         if self.overload_alpha < self.alpha {
             return Err(ConfigError {
                 field: "overload_alpha",
