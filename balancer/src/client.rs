@@ -53,6 +53,7 @@ pub mod endpoints;
 pub mod hashing;
 pub mod metrics;
 pub mod orca;
+mod outlier;
 pub mod picker;
 pub mod retry;
 pub mod snapshot;

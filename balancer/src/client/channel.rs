@@ -250,6 +250,7 @@ impl Inner {
         };
         match result {
             Ok(response) => {
+                endpoint.local_ejection.on_reached();
                 if let Some(code) = response
                     .headers()
                     .get("grpc-status")
@@ -281,6 +282,15 @@ impl Inner {
             // No response at all: connect refused, reset before the response headers, a dead endpoint.
             Err(error) => {
                 drop(guard);
+                if let Some(backoff) = endpoint.local_ejection.on_unsent() {
+                    tracing::warn!(
+                        service = %self.shared.service,
+                        endpoint = %endpoint.id(),
+                        ?backoff,
+                        "endpoint unreachable twice in a row; set aside locally until the backoff ends"
+                    );
+                    endpoint.local_ejection.schedule_return(backoff);
+                }
                 Outcome::Retry(Err(error.into()))
             }
         }

@@ -37,6 +37,8 @@ pub(crate) struct EndpointHandle {
     total_in_flight: Arc<AtomicUsize>,
     picks: Arc<AtomicU64>,
     pub(crate) orca: OrcaSignal,
+    /// The client's own "unreachable" signal ([`super::outlier`]).
+    pub(crate) local_ejection: Arc<super::outlier::LocalEjection>,
 }
 
 impl EndpointHandle {
@@ -62,6 +64,7 @@ impl EndpointHandle {
             total_in_flight,
             picks,
             orca: OrcaSignal::default(),
+            local_ejection: Arc::default(),
         })
     }
 

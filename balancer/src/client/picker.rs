@@ -16,7 +16,8 @@
 //! scheduled endpoint already carries far more of this client's in-flight requests than its weighted share
 //! (`in_flight > share * total_in_flight * 2 + 4`), the pick moves on to the next scheduled endpoint, at most
 //! [`MAX_INFLIGHT_SKIPS`] times. This absorbs bursts faster than the 500 ms heartbeat; in steady state (no
-//! endpoint lagging) it never fires, so the weights stay exact.
+//! endpoint lagging) it never fires, so the weights stay exact. Endpoints the client has set aside as
+//! unreachable ([`super::outlier`]) are passed over too, within [`MAX_PROBES`] looks.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -30,6 +31,10 @@ pub const MAX_WEIGHT: u64 = u16::MAX as u64;
 
 /// How many scheduled endpoints the in-flight refinement may pass over in one pick.
 pub const MAX_INFLIGHT_SKIPS: usize = 2;
+
+/// How many scheduled endpoints one pick may look at in all, passing over locally ejected ones
+/// ([`super::outlier`]) and crowded ones; the last one looked at is used whatever its state.
+pub const MAX_PROBES: usize = 8;
 
 /// A lock-free, allocation-free weighted scheduler (gRFC A58 static stride scheduling).
 #[derive(Debug)]
@@ -156,15 +161,25 @@ impl PickerSnapshot {
     pub(crate) fn pick(&self) -> Option<&Arc<EndpointHandle>> {
         let scheduler = self.scheduler.as_ref()?;
         let mut index = scheduler.pick();
-        if self.refine_by_in_flight {
-            let total = self.total_in_flight.load(Ordering::Relaxed) as f64;
-            for _ in 0..MAX_INFLIGHT_SKIPS {
-                let in_flight = self.endpoints[index].in_flight() as f64;
-                if in_flight <= self.shares[index] * total * 2.0 + 4.0 {
-                    break;
-                }
-                index = scheduler.pick();
+        let total = if self.refine_by_in_flight {
+            self.total_in_flight.load(Ordering::Relaxed) as f64
+        } else {
+            0.0
+        };
+        let mut crowded_skips = 0;
+        for _ in 0..MAX_PROBES {
+            let endpoint = &self.endpoints[index];
+            if endpoint.local_ejection.is_ejected() {
+                // Set aside locally (unreachable): always look further, within MAX_PROBES.
+            } else if self.refine_by_in_flight
+                && crowded_skips < MAX_INFLIGHT_SKIPS
+                && endpoint.in_flight() as f64 > self.shares[index] * total * 2.0 + 4.0
+            {
+                crowded_skips += 1;
+            } else {
+                break;
             }
+            index = scheduler.pick();
         }
         self.endpoints.get(index)
     }
@@ -211,13 +226,17 @@ impl PickerSnapshot {
     ) -> Option<&'a Arc<EndpointHandle>> {
         // Each distinct positive-weight endpoint appears within `len` selections of a generation sweep in
         // expectation; bound the probing so a pick never spins.
+        let mut fallback = None;
         for _ in 0..(4 * scheduler.len() + 8) {
             let candidate = &self.endpoints[scheduler.pick()];
             if candidate.id() != avoid.id() {
-                return Some(candidate);
+                if !candidate.local_ejection.is_ejected() {
+                    return Some(candidate);
+                }
+                fallback.get_or_insert(candidate);
             }
         }
-        None
+        fallback
     }
 }
 
