@@ -158,6 +158,8 @@ struct Endpoint {
     readmission: Readmission,
     canary: Option<Canary>,
     oscillation: Oscillation,
+    /// When the window last restarted on a step change (latency or error rate): the regime changed.
+    step_change_at: Option<Instant>,
     drift: Drift,
     agg: Aggregate,
     capacity: Option<CapacityEstimate>,
@@ -381,6 +383,7 @@ impl Engine {
             readmission,
             canary: is_canary.then(|| Canary::new(&self.config)),
             oscillation: Oscillation::default(),
+            step_change_at: None,
             drift: Drift::default(),
             agg: Aggregate::default(),
             capacity: None,
@@ -530,7 +533,7 @@ impl Engine {
         let step = self.config.step_change_factor;
         let ep = &mut self.endpoints[i];
         let received = ep.last_rx.map_or(now, |t| t.max(now));
-        ep.window.push(
+        let restarted = ep.window.push(
             Sample {
                 received,
                 in_flight: f64::from(report.in_flight),
@@ -544,6 +547,9 @@ impl Engine {
             },
             step,
         );
+        if restarted {
+            ep.step_change_at = Some(received);
+        }
         ep.last_rx = Some(received);
         if report.declared_capacity.is_some() {
             ep.declared = report.declared_capacity;
@@ -1009,8 +1015,14 @@ impl Engine {
                             b.hard_hi = b.hard_hi.min(ramp.max(b.lo));
                         }
                     }
-                    // Fast down, slow up: a path planned past its capacity sheds load at once.
+                    // Fast down, slow up: a path whose regime just changed (its window restarted on a step in
+                    // latency or errors) and that is now planned past its capacity sheds load at once. Tied to
+                    // a detected step, not to the capacity comparison alone, which noise crosses both ways.
+                    let stepped = ep.step_change_at.is_some_and(|t| {
+                        now.saturating_duration_since(t) <= cfg.heartbeat_interval * 4
+                    });
                     let overloaded = cfg.mode == Mode::Throughput
+                        && stepped
                         && c < old
                         && old * total_load > self.scratch_caps[k];
                     let a = if overloaded {

@@ -104,9 +104,11 @@ pub struct EngineConfig {
     pub oscillation_window: Duration,
     /// Reversals within the window that make a sawtooth. Default 4.
     pub oscillation_min_reversals: usize,
-    /// α for an endpoint whose planned load is past its estimated capacity and whose share must fall: fast
-    /// down, slow up. Smoothing exists to stop oscillation between paths with close metrics; an overloaded path
-    /// builds a queue every tick it keeps its share, so it sheds load at this rate. Default 0.7.
+    /// α for an endpoint whose window just restarted on a step change (see `step_change_factor`), whose
+    /// planned load is now past its estimated capacity and whose share must fall: fast down, slow up.
+    /// Smoothing exists to stop oscillation between paths with close metrics; a path that just became slower
+    /// builds a queue every tick it keeps its share, so for two seconds after the step it sheds load at this
+    /// rate. Default 0.7.
     pub overload_alpha: f64,
     /// Gap (calculated − current share) below which smoothing slows in proportion, down to α/4, so that
     /// estimate noise does not walk a converged weight around; 0 disables. Default 0.05.
