@@ -230,6 +230,12 @@ impl Coordinator {
     }
 }
 
+/// Loads and checks the TLS material the configuration names (files readable, certificates chain to the CA,
+/// key matches), without starting anything: what `lateral-coordinator --check` runs.
+pub fn check_tls(config: &CoordinatorConfig) -> Result<(), Error> {
+    quic_client_config(config).map(|_| ())
+}
+
 async fn serve_grpc(
     addr: SocketAddr,
     handle: Arc<CoordinatorHandle>,

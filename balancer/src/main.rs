@@ -139,6 +139,10 @@ async fn main() -> ExitCode {
         }
     };
     if args.check {
+        if let Err(e) = lateral_balancer::coordinator::check_tls(&config) {
+            eprintln!("lateral-coordinator: {}: {e}", args.config.display());
+            return ExitCode::from(2);
+        }
         let endpoints: usize = config.services.iter().map(|s| s.endpoints.len()).sum();
         println!(
             "{}: ok ({} services, {endpoints} static endpoints)",
