@@ -25,6 +25,20 @@
 //! factor = 5.0
 //! ```
 //!
+//! Routing variants of Lateral's `Balancer` (optional; applied to `lateral`, and where meaningful to
+//! `static_oracle`):
+//!
+//! ```toml
+//! [routing]
+//! hash_keys = 10000                # requests carry `x-lateral-key`, one of this many keys (seeded)
+//! key_distribution = "zipf"        # or "uniform" (default "zipf")
+//! zipf_exponent = 1.0              # P(key k) ∝ 1 / k^s (default 1.0)
+//! client_zone = "a"                # the clients' zone; backends give theirs with `zone = "a"` or label `zone`
+//! zone_policy = { spill_below_healthy = 0.5, return_at_healthy = 0.75, spill_at_utilization = 0.85,
+//!                 return_below_utilization = 0.65, min_dwell_s = 10 }   # every field optional
+//! dynamic_fraction = 0.1           # lateral: this fraction on the coordinator's weights, the rest static
+//! ```
+//!
 //! Event kinds: `multiply_service_time { factor }`, `error_rate { rate, latency_ms? }`, `blackhole { on }`,
 //! `kill`, `restart`, `flap { period_s, until_s }` (down for the first half of each period, up for the second,
 //! until `until_s`), `ramp { param = "service_time_factor" | "error_rate", from, to, over_s }`.
@@ -85,6 +99,77 @@ pub struct Scenario {
     /// Engine configuration for lateral's coordinators (every field optional; defaults otherwise).
     #[serde(default)]
     pub engine: Option<toml::Table>,
+    /// Routing variants of Lateral's balancer (key hashing, zones, dynamic/static split).
+    #[serde(default)]
+    pub routing: Option<Routing>,
+}
+
+/// The `[routing]` table: which of the balancer's routing variants a scenario exercises.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    /// Key-hashed routing: every request carries [`KEY_HEADER`] with one of this many keys.
+    pub hash_keys: Option<u32>,
+    /// How keys are drawn.
+    #[serde(default)]
+    pub key_distribution: KeyDistribution,
+    /// The Zipf exponent `s` (P(key k) ∝ 1/k^s); only with `key_distribution = "zipf"`.
+    pub zipf_exponent: Option<f64>,
+    /// The clients' zone.
+    pub client_zone: Option<String>,
+    /// Zone preference with spillover (needs `client_zone`).
+    pub zone_policy: Option<ZonePolicyModel>,
+    /// lateral: the fraction of requests on the coordinator's weights (the rest on static weights).
+    pub dynamic_fraction: Option<f64>,
+}
+
+/// The header carrying a request's routing key in scenarios with `hash_keys`.
+pub const KEY_HEADER: &str = "x-lateral-key";
+
+/// How routing keys are drawn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyDistribution {
+    /// Zipf: a few hot keys, a long tail.
+    #[default]
+    Zipf,
+    /// Every key equally likely.
+    Uniform,
+}
+
+/// `zone_policy = { ... }`: the fields of `lateral_balancer::client::ZonePolicy`, each optional.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZonePolicyModel {
+    /// Spill when fewer than this fraction of the local endpoints can take traffic.
+    pub spill_below_healthy: Option<f64>,
+    /// Return when at least this fraction can.
+    pub return_at_healthy: Option<f64>,
+    /// Spill when the local zone's mean ORCA utilisation reaches this.
+    pub spill_at_utilization: Option<f64>,
+    /// Return when it is below this.
+    pub return_below_utilization: Option<f64>,
+    /// The least time between two mode changes, seconds (scaled with the timeline by `--duration`).
+    pub min_dwell_s: Option<f64>,
+}
+
+impl ZonePolicyModel {
+    /// The balancer's policy: the given fields over its defaults.
+    pub fn policy(&self) -> lateral_balancer::client::ZonePolicy {
+        let d = lateral_balancer::client::ZonePolicy::default();
+        lateral_balancer::client::ZonePolicy {
+            spill_below_healthy: self.spill_below_healthy.unwrap_or(d.spill_below_healthy),
+            return_at_healthy: self.return_at_healthy.unwrap_or(d.return_at_healthy),
+            spill_at_utilization: self.spill_at_utilization.unwrap_or(d.spill_at_utilization),
+            return_below_utilization: self
+                .return_below_utilization
+                .unwrap_or(d.return_below_utilization),
+            min_dwell: self
+                .min_dwell_s
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map_or(d.min_dwell, std::time::Duration::from_secs_f64),
+        }
+    }
 }
 
 fn default_warmup() -> f64 {
@@ -122,6 +207,9 @@ pub struct BackendModel {
     /// Whether the agent declares `slots` as its capacity (default true).
     #[serde(default = "default_true")]
     pub declare_capacity: bool,
+    /// The backend's zone (or the label `zone`).
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 fn default_error_latency() -> f64 {
@@ -135,6 +223,14 @@ impl BackendModel {
     /// Capacity in requests per second at the base service time: slots / mean.
     pub fn capacity_rps(&self) -> f64 {
         f64::from(self.slots) / (self.service_time_ms / 1000.0)
+    }
+
+    /// The backend's zone: its `zone` field, else its label `zone`.
+    pub fn zone(&self) -> Option<&str> {
+        self.zone
+            .as_deref()
+            .or_else(|| self.labels.get("zone").map(String::as_str))
+            .filter(|z| !z.is_empty())
     }
 }
 
@@ -328,6 +424,9 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         "many-clients",
         include_str!("../../scenarios/many-clients.toml"),
     ),
+    ("hashing", include_str!("../../scenarios/hashing.toml")),
+    ("zones", include_str!("../../scenarios/zones.toml")),
+    ("split", include_str!("../../scenarios/split.toml")),
 ];
 
 impl Scenario {
@@ -465,6 +564,9 @@ impl Scenario {
                 _ => {}
             }
         }
+        if let Some(routing) = &self.routing {
+            self.validate_routing(routing, &err)?;
+        }
         if let Some(engine) = &self.engine {
             self.engine_config_from(engine).map_err(|e| ScenarioError {
                 source_name: source_name.to_string(),
@@ -472,6 +574,93 @@ impl Scenario {
             })?;
         }
         Ok(())
+    }
+
+    fn validate_routing(
+        &self,
+        r: &Routing,
+        err: &dyn Fn(&str, &str) -> ScenarioError,
+    ) -> Result<(), ScenarioError> {
+        if let Some(n) = r.hash_keys
+            && n == 0
+        {
+            return Err(err("routing.hash_keys", "at least 1 key"));
+        }
+        if let Some(s) = r.zipf_exponent {
+            if !(s.is_finite() && (0.0..=10.0).contains(&s)) {
+                return Err(err("routing.zipf_exponent", "an exponent in [0, 10]"));
+            }
+            if r.key_distribution != KeyDistribution::Zipf || r.hash_keys.is_none() {
+                return Err(err(
+                    "routing.zipf_exponent",
+                    "no exponent unless hash_keys is set with key_distribution = \"zipf\"",
+                ));
+            }
+        }
+        if let Some(f) = r.dynamic_fraction
+            && !(f.is_finite() && (0.0..=1.0).contains(&f))
+        {
+            return Err(err("routing.dynamic_fraction", "a fraction in [0, 1]"));
+        }
+        if let Some(zone) = &r.client_zone
+            && !self
+                .backends
+                .iter()
+                .any(|b| b.zone() == Some(zone.as_str()))
+        {
+            return Err(err(
+                "routing.client_zone",
+                &format!("a zone that some backend is in (`zone = \"{zone}\"` or label `zone`)"),
+            ));
+        }
+        if let Some(p) = &r.zone_policy {
+            if r.client_zone.is_none() {
+                return Err(err(
+                    "routing.zone_policy",
+                    "no zone policy without routing.client_zone",
+                ));
+            }
+            let fields = [
+                ("spill_below_healthy", p.spill_below_healthy),
+                ("return_at_healthy", p.return_at_healthy),
+                ("spill_at_utilization", p.spill_at_utilization),
+                ("return_below_utilization", p.return_below_utilization),
+            ];
+            for (name, v) in fields {
+                if let Some(v) = v
+                    && !(v.is_finite() && (0.0..=1.0).contains(&v))
+                {
+                    return Err(err(
+                        &format!("routing.zone_policy.{name}"),
+                        "a fraction in [0, 1]",
+                    ));
+                }
+            }
+            if let Some(s) = p.min_dwell_s
+                && !(s.is_finite() && s >= 0.0)
+            {
+                return Err(err("routing.zone_policy.min_dwell_s", "seconds ≥ 0"));
+            }
+            let policy = p.policy();
+            if policy.return_at_healthy < policy.spill_below_healthy {
+                return Err(err(
+                    "routing.zone_policy.return_at_healthy",
+                    "at least spill_below_healthy",
+                ));
+            }
+            if policy.return_below_utilization > policy.spill_at_utilization {
+                return Err(err(
+                    "routing.zone_policy.return_below_utilization",
+                    "at most spill_at_utilization",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The zone of the clients, if the scenario has one.
+    pub fn client_zone(&self) -> Option<&str> {
+        self.routing.as_ref().and_then(|r| r.client_zone.as_deref())
     }
 
     fn engine_config_from(
@@ -518,6 +707,16 @@ impl Scenario {
                 Action::Ramp { over_s, .. } => *over_s *= k,
                 _ => {}
             }
+        }
+        // The zone policy's dwell is part of the timeline: a shortened run keeps the same number of
+        // possible mode changes (never below half a second).
+        if let Some(p) = self
+            .routing
+            .as_mut()
+            .and_then(|r| r.zone_policy.as_mut())
+            .and_then(|p| p.min_dwell_s.as_mut())
+        {
+            *p = (*p * k).max(0.5);
         }
     }
 
@@ -715,6 +914,47 @@ mod tests {
             e.contains("w.toml") && e.contains("no field `factor`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn routing_is_checked_with_file_and_field() {
+        let base = "name='x'\nduration_s=10\nload=0.5\n[[backend]]\nname='a'\nzone='z1'\nslots=1\n\
+                    service_time_ms=5\n[[backend]]\nname='b'\nlabels={zone='z2'}\nslots=1\nservice_time_ms=5\n";
+        let ok = Scenario::parse(
+            &format!(
+                "{base}[routing]\nhash_keys=10\nclient_zone='z2'\ndynamic_fraction=0.1\n\
+                 zone_policy={{min_dwell_s=2, spill_at_utilization=0.9}}\n"
+            ),
+            "r.toml",
+        );
+        let Ok(ok) = ok else { panic!("{:?}", ok.err()) };
+        assert_eq!(ok.backends[1].zone(), Some("z2"));
+        assert_eq!(ok.client_zone(), Some("z2"));
+        let mut scaled = ok.clone();
+        scaled.rescale(5.0);
+        let dwell = scaled
+            .routing
+            .and_then(|r| r.zone_policy)
+            .and_then(|p| p.min_dwell_s);
+        assert_eq!(dwell, Some(1.0));
+        for (routing, field) in [
+            ("hash_keys=0", "routing.hash_keys"),
+            ("dynamic_fraction=1.5", "routing.dynamic_fraction"),
+            ("client_zone='nowhere'", "routing.client_zone"),
+            ("zone_policy={min_dwell_s=1}", "routing.zone_policy"),
+            (
+                "client_zone='z1'\nzone_policy={spill_at_utilization=2.0}",
+                "routing.zone_policy.spill_at_utilization",
+            ),
+            ("hash_key=5", "hash_key"),
+            ("client_zone='z1'\nzone_policy={dwell=1}", "dwell"),
+        ] {
+            let e = Scenario::parse(&format!("{base}[routing]\n{routing}\n"), "r.toml")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("r.toml") && e.contains(field), "{routing}: {e}");
+        }
     }
 
     #[test]

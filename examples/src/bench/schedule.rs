@@ -6,6 +6,8 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::scenario::KeyDistribution;
+
 /// One request: when it is meant to be sent (from the start of traffic) and by which client instance.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Arrival {
@@ -35,9 +37,53 @@ pub fn poisson(rate_rps: f64, duration: Duration, clients: u32, seed: u64) -> Ve
     }
 }
 
+/// The routing key of each of `count` requests: one of `keys` keys (0-based; key 0 the hottest under Zipf),
+/// drawn from its own seeded stream so the arrivals do not change when keys are added.
+pub fn keys(
+    count: usize,
+    keys: u32,
+    distribution: KeyDistribution,
+    exponent: f64,
+    seed: u64,
+) -> Vec<u32> {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x6b65_7973_6b65_7973);
+    let n = keys.max(1);
+    match distribution {
+        KeyDistribution::Uniform => (0..count).map(|_| rng.random_range(0..n)).collect(),
+        KeyDistribution::Zipf => {
+            // Inverse transform on the cumulative distribution of P(k) ∝ 1 / (k+1)^s.
+            let mut cdf = Vec::with_capacity(n as usize);
+            let mut sum = 0.0;
+            for k in 0..n {
+                sum += 1.0 / f64::from(k + 1).powf(exponent);
+                cdf.push(sum);
+            }
+            (0..count)
+                .map(|_| {
+                    let u = rng.random::<f64>() * sum;
+                    let i = cdf.partition_point(|&c| c < u);
+                    (i as u32).min(n - 1)
+                })
+                .collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_seeded_and_zipf_is_skewed() {
+        let a = keys(20_000, 1000, KeyDistribution::Zipf, 1.0, 7);
+        assert_eq!(a, keys(20_000, 1000, KeyDistribution::Zipf, 1.0, 7));
+        assert!(a.iter().all(|&k| k < 1000));
+        let hot = a.iter().filter(|&&k| k == 0).count();
+        let cold = a.iter().filter(|&&k| k == 999).count();
+        assert!(hot > 50 * cold.max(1), "{hot} vs {cold}");
+        let u = keys(20_000, 1000, KeyDistribution::Uniform, 1.0, 7);
+        assert!(u.iter().all(|&k| k < 1000));
+    }
 
     #[test]
     fn same_seed_same_schedule_and_rate_close() {
