@@ -110,7 +110,7 @@ impl Cluster {
                     id: b.name.clone(),
                     address: uri.clone(),
                     agent: *agent,
-                    zone: None,
+                    zone: b.zone().map(String::from),
                     labels: b.labels.clone(),
                     static_weight: Some(1.0),
                     declared_capacity: None,

@@ -15,6 +15,12 @@
 //! Lateral's `Balancer` (both `lateral` and `static_oracle`) is told `Unary` is idempotent, so it retries an
 //! UNAVAILABLE answer once on another endpoint, as its users would configure it; the other policies have no
 //! retry layer, as they come.
+//!
+//! A scenario's `[routing]` table configures Lateral's balancer: `hash_keys` turns on
+//! `hash_key_header("x-lateral-key")` (both `lateral` and `static_oracle`), `client_zone` and `zone_policy`
+//! set `zone(..)` and `zone_policy(..)` (both; backends carry their zones in the builder and in the
+//! coordinator), and `dynamic_fraction` sets `dynamic_fraction(..)` on `lateral` only, with the static group
+//! on `static_oracle`'s weights. The other policies get the same requests (with the key header) and ignore it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,7 +41,7 @@ use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
 use super::cluster::{Cluster, SERVICE};
-use super::scenario::Scenario;
+use super::scenario::{KEY_HEADER, Scenario};
 
 /// The gRPC path of the benchmark's request.
 pub const UNARY: &str = "/lateral.demo.v1.Echo/Unary";
@@ -274,8 +280,33 @@ impl Policy {
                         .client_id(format!("bench-{c}"))
                         .seed(seed);
                     for (b, uri) in scenario.backends.iter().zip(&cluster.uris) {
-                        builder =
-                            builder.endpoint(b.name.clone(), uri.clone(), "", b.labels.clone());
+                        builder = builder.endpoint(
+                            b.name.clone(),
+                            uri.clone(),
+                            b.zone().unwrap_or_default(),
+                            b.labels.clone(),
+                        );
+                    }
+                    if let Some(routing) = &scenario.routing {
+                        if routing.hash_keys.is_some() {
+                            builder = builder.hash_key_header(KEY_HEADER);
+                        }
+                        if let Some(zone) = &routing.client_zone {
+                            builder = builder.zone(zone.clone());
+                        }
+                        if let Some(p) = &routing.zone_policy {
+                            builder = builder.zone_policy(p.policy());
+                        }
+                        // The split compares the coordinator's weights with a team's static weights, taken
+                        // as the true capacity ratio at the start (static_oracle's); static_oracle itself
+                        // has no dynamic weights to split.
+                        if let Some(f) = routing.dynamic_fraction
+                            && *self == Policy::Lateral
+                        {
+                            builder = builder
+                                .dynamic_fraction(f)
+                                .static_weights(scenario.oracle_weights());
+                        }
                     }
                     if *self == Policy::StaticOracle {
                         builder = builder.static_weights(scenario.oracle_weights());

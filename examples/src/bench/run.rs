@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
+use lateral_balancer::client::{Group, GroupStats};
 use lateral_proto::demo::EchoRequest;
 use lateral_proto::demo::echo_client::EchoClient;
 use tokio::task::JoinSet;
@@ -14,8 +15,8 @@ use tokio::time::Instant;
 
 use super::cluster::{AppliedEvent, Cluster, SERVICE};
 use super::policy::Policy;
-use super::scenario::Scenario;
-use super::schedule::Arrival;
+use super::scenario::{KEY_HEADER, Scenario};
+use super::schedule::{self, Arrival};
 
 /// Width of a time-series bucket, seconds.
 pub const BUCKET_S: f64 = 0.5;
@@ -85,6 +86,81 @@ pub struct RunResult {
     pub retries: u64,
     /// The events applied to the backends.
     pub events: Vec<AppliedEvent>,
+    /// Scenarios with `hash_keys`: how consistently each key met the same backend.
+    pub keys: Option<KeyStats>,
+    /// Lateral's balancers with a zone policy: changes between local and spill mode (all clients).
+    pub zone_transitions: Option<u64>,
+    /// Lateral's balancers with a zone policy: how many clients were spilling at the end.
+    pub zone_spilling_at_end: Option<u64>,
+    /// Lateral with a dynamic fraction: the dynamic and the static group (all clients), from `GroupStats`.
+    pub groups: Option<(GroupStats, GroupStats)>,
+}
+
+/// Key affinity of a run with routing keys, counted over successful answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyStats {
+    /// Distinct keys answered at least once.
+    pub keys_seen: u64,
+    /// Distinct keys answered at least twice (the only ones whose owner can change).
+    pub keys_repeated: u64,
+    /// Of `keys_repeated`, those answered by one backend only for the whole run.
+    pub keys_stable: u64,
+    /// Of all keyed successful answers, the fraction from the key's most frequent backend.
+    pub affinity: f64,
+}
+
+impl KeyStats {
+    /// `keys_stable / keys_repeated` (1 with no repeated key).
+    pub fn stability(&self) -> f64 {
+        if self.keys_repeated == 0 {
+            1.0
+        } else {
+            self.keys_stable as f64 / self.keys_repeated as f64
+        }
+    }
+
+    fn from_counts(counts: &[Vec<u32>]) -> Self {
+        let (mut seen, mut repeated, mut stable, mut total, mut dominant) = (0, 0, 0, 0u64, 0u64);
+        for per_backend in counts {
+            let n: u64 = per_backend.iter().map(|&c| u64::from(c)).sum();
+            if n == 0 {
+                continue;
+            }
+            seen += 1;
+            total += n;
+            let max = per_backend.iter().copied().max().map_or(0, u64::from);
+            dominant += max;
+            if n >= 2 {
+                repeated += 1;
+                if max == n {
+                    stable += 1;
+                }
+            }
+        }
+        Self {
+            keys_seen: seen,
+            keys_repeated: repeated,
+            keys_stable: stable,
+            affinity: if total == 0 {
+                1.0
+            } else {
+                dominant as f64 / total as f64
+            },
+        }
+    }
+}
+
+/// Sums one group's figures over several balancers (same bucket bounds).
+fn merge_groups(stats: impl IntoIterator<Item = GroupStats>) -> Option<GroupStats> {
+    stats.into_iter().reduce(|mut acc, s| {
+        acc.requests += s.requests;
+        acc.errors += s.errors;
+        acc.latency_sum_seconds += s.latency_sum_seconds;
+        for (a, b) in acc.latency_buckets.iter_mut().zip(&s.latency_buckets) {
+            a.1 += b.1;
+        }
+        acc
+    })
 }
 
 impl RunResult {
@@ -106,10 +182,12 @@ impl RunResult {
 struct Recorder {
     result: RunResult,
     index: BTreeMap<String, usize>,
+    /// Per key, successful answers per backend (empty without routing keys).
+    key_counts: Vec<Vec<u32>>,
 }
 
 impl Recorder {
-    fn record(&mut self, at: Duration, micros: u64, outcome: Outcome) {
+    fn record(&mut self, at: Duration, micros: u64, outcome: Outcome, key: Option<u32>) {
         let r = &mut self.result;
         let micros = micros.clamp(1, MAX_LATENCY_US);
         let _ = r.latency_us.record(micros);
@@ -143,6 +221,12 @@ impl Recorder {
         if let Some(i) = who.and_then(|w| self.index.get(w)) {
             r.per_backend[*i] += 1;
             bucket.per_backend[*i] += 1;
+            if ok
+                && let Some(counts) = key.and_then(|k| self.key_counts.get_mut(k as usize))
+                && let Some(c) = counts.get_mut(*i)
+            {
+                *c += 1;
+            }
         }
     }
 }
@@ -167,7 +251,25 @@ pub async fn run(
         .await
         .map_err(|e| format!("policy {policy}: {e}"))?;
     let names = cluster.names.clone();
+    let hash_keys = scenario.routing.as_ref().and_then(|r| {
+        r.hash_keys.map(|n| {
+            (
+                n,
+                schedule::keys(
+                    arrivals.len(),
+                    n,
+                    r.key_distribution,
+                    r.zipf_exponent.unwrap_or(1.0),
+                    seed,
+                ),
+            )
+        })
+    });
     let recorder = Arc::new(Mutex::new(Recorder {
+        key_counts: hash_keys
+            .as_ref()
+            .map(|(n, _)| vec![vec![0; names.len()]; *n as usize])
+            .unwrap_or_default(),
         index: names
             .iter()
             .enumerate()
@@ -188,6 +290,10 @@ pub async fn run(
             decisions: Vec::new(),
             retries: 0,
             events: Vec::new(),
+            keys: None,
+            zone_transitions: None,
+            zone_spilling_at_end: None,
+            groups: None,
         },
     }));
 
@@ -217,7 +323,10 @@ pub async fn run(
         .map(|t| EchoClient::new(t.clone()))
         .collect();
     let mut inflight = JoinSet::new();
-    for a in arrivals {
+    for (n, a) in arrivals.iter().enumerate() {
+        let key = hash_keys
+            .as_ref()
+            .and_then(|(_, keys)| keys.get(n).copied());
         let intended = start + a.at;
         tokio::time::sleep_until(intended).await;
         let Some(client) = clients_echo.get(a.client as usize) else {
@@ -228,10 +337,15 @@ pub async fn run(
         let progress = progress.clone();
         let at = a.at;
         inflight.spawn(async move {
-            let request = EchoRequest {
+            let mut request = tonic::Request::new(EchoRequest {
                 message: "bench".into(),
                 ..Default::default()
-            };
+            });
+            if let Some(key) = key
+                && let Ok(value) = format!("k{key}").parse()
+            {
+                request.metadata_mut().insert(KEY_HEADER, value);
+            }
             let result = tokio::time::timeout(timeout, client.unary(request)).await;
             // Latency from the intended send time: no coordinated omission.
             let micros = intended.elapsed().as_micros() as u64;
@@ -246,7 +360,7 @@ pub async fn run(
                 Err(_) => Outcome::Timeout,
             };
             if let Ok(mut r) = recorder.lock() {
-                r.record(at, micros, outcome);
+                r.record(at, micros, outcome, key);
             }
             progress.inc(1);
         });
@@ -256,14 +370,32 @@ pub async fn run(
     runner.abort();
     let _ = runner.await;
 
-    let mut result = match Arc::try_unwrap(recorder) {
-        Ok(m) => m.into_inner().map_err(|_| "recorder poisoned")?.result,
-        Err(shared) => shared
-            .lock()
-            .map_err(|_| "recorder poisoned")?
-            .result
-            .clone(),
+    let (mut result, key_counts) = match Arc::try_unwrap(recorder) {
+        Ok(m) => {
+            let r = m.into_inner().map_err(|_| "recorder poisoned")?;
+            (r.result, r.key_counts)
+        }
+        Err(shared) => {
+            let r = shared.lock().map_err(|_| "recorder poisoned")?;
+            (r.result.clone(), r.key_counts.clone())
+        }
     };
+    if hash_keys.is_some() {
+        result.keys = Some(KeyStats::from_counts(&key_counts));
+    }
+    let routing = scenario.routing.as_ref();
+    if routing.is_some_and(|r| r.zone_policy.is_some()) && !clients.balancers.is_empty() {
+        let metrics: Vec<_> = clients.balancers.iter().map(|b| b.metrics()).collect();
+        result.zone_transitions = Some(metrics.iter().map(|m| m.zone_transitions()).sum());
+        result.zone_spilling_at_end =
+            Some(metrics.iter().filter(|m| m.zone_spilling()).count() as u64);
+    }
+    if routing.is_some_and(|r| r.dynamic_fraction.is_some()) && *policy == Policy::Lateral {
+        let group = |g: Group| merge_groups(clients.balancers.iter().map(|b| b.metrics().group(g)));
+        if let (Some(d), Some(s)) = (group(Group::Dynamic), group(Group::Static)) {
+            result.groups = Some((d, s));
+        }
+    }
     result.events = events.lock().map(|v| v.clone()).unwrap_or_default();
     result.retries = clients
         .balancers
