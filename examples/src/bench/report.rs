@@ -1,11 +1,25 @@
 //! The markdown table per scenario and the JSON records (one per scenario × policy).
+//!
+//! Scenarios with a `[routing]` table add, per variant (JSON fields `hashing`, `zones`, `split`, `null` when
+//! the scenario does not exercise the variant or the policy has nothing to report):
+//! - **hashing**: key stability (of the keys answered at least twice, the fraction always answered by the
+//!   same backend), key affinity (of keyed answers, the fraction from the key's most frequent backend), the
+//!   share against the weight share (capacity at the start), and what a Maglev table over those weights
+//!   moves when a killed backend leaves, against the theoretical minimum (`measure_disruption`);
+//! - **zones**: the fraction of attributed requests served outside the client's zone, overall and between
+//!   consecutive event times, and (Lateral's balancer) the zone-mode transitions from `ClientMetrics`;
+//! - **split** (`lateral` with a dynamic fraction): the dynamic and the static group side by side from
+//!   `ClientMetrics::group` (quantiles are upper bounds: the histogram bucket holding them).
 
 use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use super::run::{RunResult, convergence};
-use super::scenario::Scenario;
+use lateral_balancer::client::GroupStats;
+use lateral_balancer::client::hashing::{DEFAULT_TABLE_SIZE, measure_disruption};
+
+use super::run::{BUCKET_S, RunResult, convergence};
+use super::scenario::{Action, Scenario};
 
 /// Convergence per mark (mark time, seconds to converge or `None`), and overall: the slowest mark, `None` if
 /// any mark never converged.
@@ -47,7 +61,264 @@ pub fn json_record(scenario: &Scenario, run: &RunResult) -> Value {
         "share": share,
         "convergence_s": conv.as_ref().and_then(|(_, c)| *c),
         "convergence_marks": conv.as_ref().map(|(m, _)| m.iter().map(|(at, c)| json!({"at_s": at, "convergence_s": c})).collect::<Vec<_>>()),
+        "hashing": hashing_json(scenario, run),
+        "zones": zones_json(scenario, run),
+        "split": split_json(run),
     })
+}
+
+/// Capacity shares at the start (the weights a key's share should follow).
+fn weight_share(scenario: &Scenario) -> Vec<f64> {
+    let w = scenario.oracle_weights();
+    let total: f64 = w.iter().map(|(_, w)| w).sum();
+    w.iter()
+        .map(|(_, w)| w / total.max(f64::MIN_POSITIVE))
+        .collect()
+}
+
+/// Total-variation distance between the measured share and the weight share.
+fn share_error(scenario: &Scenario, run: &RunResult) -> f64 {
+    weight_share(scenario)
+        .iter()
+        .zip(run.share())
+        .map(|(w, s)| (w - s).abs())
+        .sum::<f64>()
+        / 2.0
+}
+
+/// What a Maglev table over the start weights moves when each killed backend leaves, with the minimum.
+fn kill_disruption(scenario: &Scenario) -> Vec<(String, f64, f64)> {
+    let before = scenario.oracle_weights();
+    let mut killed: Vec<&str> = scenario
+        .events
+        .iter()
+        .filter(|e| matches!(e.action, Action::Kill | Action::Flap { .. }))
+        .map(|e| e.backend.as_str())
+        .collect();
+    killed.dedup();
+    killed
+        .into_iter()
+        .filter_map(|k| {
+            let b: Vec<(&str, f64)> = before.iter().map(|(n, w)| (n.as_str(), *w)).collect();
+            let a: Vec<(&str, f64)> = b.iter().copied().filter(|(n, _)| *n != k).collect();
+            measure_disruption(&b, &a, DEFAULT_TABLE_SIZE)
+                .map(|d| (k.to_string(), d.moved, d.minimum))
+        })
+        .collect()
+}
+
+fn hashing_json(scenario: &Scenario, run: &RunResult) -> Value {
+    let Some(keys) = run.keys else {
+        return Value::Null;
+    };
+    let weights: serde_json::Map<String, Value> = run
+        .backends
+        .iter()
+        .zip(weight_share(scenario))
+        .map(|(n, s)| (n.clone(), json!(s)))
+        .collect();
+    json!({
+        "keys_seen": keys.keys_seen,
+        "keys_repeated": keys.keys_repeated,
+        "keys_stable": keys.keys_stable,
+        "key_stability": keys.stability(),
+        "key_affinity": keys.affinity,
+        "weight_share": weights,
+        "share_error": share_error(scenario, run),
+        "table_moved_on_kill": kill_disruption(scenario).iter().map(|(b, moved, min)| json!({"backend": b, "moved": moved, "minimum": min})).collect::<Vec<_>>(),
+    })
+}
+
+/// The fraction of attributed requests served outside `zone` in buckets `[from, to)`.
+fn cross_zone(scenario: &Scenario, run: &RunResult, zone: &str, from: usize, to: usize) -> f64 {
+    let remote: Vec<bool> = scenario
+        .backends
+        .iter()
+        .map(|b| b.zone() != Some(zone))
+        .collect();
+    let (mut all, mut out) = (0u64, 0u64);
+    for b in run.buckets.iter().take(to).skip(from) {
+        for (n, r) in b.per_backend.iter().zip(&remote) {
+            all += n;
+            if *r {
+                out += n;
+            }
+        }
+    }
+    if all == 0 {
+        0.0
+    } else {
+        out as f64 / all as f64
+    }
+}
+
+/// Phases between consecutive event times: `(from_s, to_s, cross-zone fraction)`.
+fn cross_zone_phases(scenario: &Scenario, run: &RunResult, zone: &str) -> Vec<(f64, f64, f64)> {
+    let mut cuts: Vec<f64> = scenario
+        .events
+        .iter()
+        .map(|e| e.at_s)
+        .filter(|t| *t > 0.0 && *t < scenario.duration_s)
+        .collect();
+    cuts.sort_by(f64::total_cmp);
+    cuts.dedup();
+    let mut edges = vec![0.0];
+    edges.extend(cuts);
+    edges.push(scenario.duration_s);
+    edges
+        .windows(2)
+        .map(|w| {
+            let bucket = |t: f64| (t / BUCKET_S).round() as usize;
+            (
+                w[0],
+                w[1],
+                cross_zone(scenario, run, zone, bucket(w[0]), bucket(w[1])),
+            )
+        })
+        .collect()
+}
+
+fn zones_json(scenario: &Scenario, run: &RunResult) -> Value {
+    let Some(zone) = scenario.client_zone() else {
+        return Value::Null;
+    };
+    json!({
+        "client_zone": zone,
+        "cross_zone_fraction": cross_zone(scenario, run, zone, 0, usize::MAX),
+        "cross_zone_by_phase": cross_zone_phases(scenario, run, zone).iter().map(|(a, b, f)| json!({"from_s": a, "to_s": b, "cross_zone_fraction": f})).collect::<Vec<_>>(),
+        "zone_transitions": run.zone_transitions,
+        "zone_spilling_at_end": run.zone_spilling_at_end,
+    })
+}
+
+fn group_json(g: &GroupStats) -> Value {
+    json!({
+        "requests": g.requests,
+        "errors": g.errors,
+        "error_rate": g.error_rate(),
+        "mean_ms": g.mean_latency_seconds() * 1000.0,
+        "p50_ms_upper_bound": g.latency_quantile_upper_bound(0.5) * 1000.0,
+        "p99_ms_upper_bound": g.latency_quantile_upper_bound(0.99) * 1000.0,
+    })
+}
+
+fn split_json(run: &RunResult) -> Value {
+    match &run.groups {
+        Some((d, s)) => json!({"dynamic": group_json(d), "static": group_json(s)}),
+        None => Value::Null,
+    }
+}
+
+fn ms_bound(seconds: f64) -> String {
+    if seconds.is_finite() {
+        format!("≤{:.0}", seconds * 1000.0)
+    } else {
+        "> last bucket".into()
+    }
+}
+
+/// The per-variant tables of a scenario with `[routing]` (empty without).
+fn routing_markdown(scenario: &Scenario, runs: &[RunResult]) -> String {
+    let mut out = String::new();
+    if runs.iter().any(|r| r.keys.is_some()) {
+        let ws = weight_share(scenario)
+            .iter()
+            .map(|s| format!("{:.0}%", s * 100.0))
+            .collect::<Vec<_>>()
+            .join(" / ");
+        let _ = writeln!(
+            out,
+            "
+**hashing** (weight share {ws})
+
+| policy | keys seen | key stability | key affinity | share − weight (TV) |
+|---|--:|--:|--:|--:|"
+        );
+        for r in runs {
+            if let Some(k) = r.keys {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.1}% of {} | {:.1}% | {:.3} |",
+                    r.policy,
+                    k.keys_seen,
+                    k.stability() * 100.0,
+                    k.keys_repeated,
+                    k.affinity * 100.0,
+                    share_error(scenario, r)
+                );
+            }
+        }
+        for (b, moved, min) in kill_disruption(scenario) {
+            let _ = writeln!(
+                out,
+                "
+- Maglev table over the start weights when `{b}` leaves: moves {:.1}% of keys, minimum {:.1}%",
+                moved * 100.0,
+                min * 100.0
+            );
+        }
+    }
+    if let Some(zone) = scenario.client_zone() {
+        let phases = runs
+            .first()
+            .map(|r| cross_zone_phases(scenario, r, zone))
+            .unwrap_or_default();
+        let heads = phases
+            .iter()
+            .map(|(a, b, _)| format!(" {a:.0}–{b:.0} s |"))
+            .collect::<String>();
+        let _ = writeln!(
+            out,
+            "
+**zones** (client zone `{zone}`; cross-zone % of requests)
+
+| policy | cross-zone |{heads} zone transitions |
+|---|--:|{}--:|",
+            "--:|".repeat(phases.len())
+        );
+        for r in runs {
+            let cells = cross_zone_phases(scenario, r, zone)
+                .iter()
+                .map(|(_, _, f)| format!(" {:.1}% |", f * 100.0))
+                .collect::<String>();
+            let _ = writeln!(
+                out,
+                "| {} | {:.1}% |{cells} {} |",
+                r.policy,
+                cross_zone(scenario, r, zone, 0, usize::MAX) * 100.0,
+                r.zone_transitions
+                    .map_or("—".to_string(), |t| t.to_string())
+            );
+        }
+    }
+    if runs.iter().any(|r| r.groups.is_some()) {
+        let _ = writeln!(
+            out,
+            "
+**split** (`ClientMetrics::group`; quantiles are histogram-bucket upper bounds)
+
+| policy | group | requests | errors | error % | mean ms | p50 ms | p99 ms |
+|---|---|--:|--:|--:|--:|--:|--:|"
+        );
+        for r in runs {
+            if let Some((d, s)) = &r.groups {
+                for (name, g) in [("dynamic", d), ("static", s)] {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {name} | {} | {} | {:.2} | {:.1} | {} | {} |",
+                        r.policy,
+                        g.requests,
+                        g.errors,
+                        g.error_rate() * 100.0,
+                        g.mean_latency_seconds() * 1000.0,
+                        ms_bound(g.latency_quantile_upper_bound(0.5)),
+                        ms_bound(g.latency_quantile_upper_bound(0.99)),
+                    );
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The markdown table for one scenario.
@@ -121,5 +392,6 @@ pub fn markdown(scenario: &Scenario, runs: &[RunResult]) -> String {
             let _ = writeln!(out, "\n- `{}`: {}", r.policy, notes.join("; "));
         }
     }
+    out.push_str(&routing_markdown(scenario, runs));
     out
 }
