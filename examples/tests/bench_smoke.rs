@@ -153,6 +153,8 @@ fn quick_variant_runs_write_routing_fields() {
                         .is_some_and(|v| v.len() == 3)
                 );
                 assert!(z["zone_transitions"].as_u64().is_some(), "{z}");
+                assert!(fraction(&z["spill_time_fraction"]), "{z}");
+                assert!(z["spill_changes"].is_array(), "{z}");
                 assert!(r["hashing"].is_null() && r["split"].is_null(), "{r}");
             }
             "split" => {

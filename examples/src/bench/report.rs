@@ -7,7 +7,9 @@
 //!   share against the weight share (capacity at the start), and what a Maglev table over those weights
 //!   moves when a killed backend leaves, against the theoretical minimum (`measure_disruption`);
 //! - **zones**: the fraction of attributed requests served outside the client's zone, overall and between
-//!   consecutive event times, and (Lateral's balancer) the zone-mode transitions from `ClientMetrics`;
+//!   consecutive event times, and (Lateral's balancer) the zone-mode transitions from `ClientMetrics`, with
+//!   the share of time the first client spent spilling (sampled every 50 ms by the harness, since
+//!   `ClientMetrics` has only the count) and when it changed mode;
 //! - **split** (`lateral` with a dynamic fraction): the dynamic and the static group side by side from
 //!   `ClientMetrics::group` (quantiles are upper bounds: the histogram bucket holding them).
 
@@ -178,6 +180,31 @@ fn cross_zone_phases(scenario: &Scenario, run: &RunResult, zone: &str) -> Vec<(f
         .collect()
 }
 
+/// The fraction of samples in `[from, to)` seconds when the first client was spilling (`None` without
+/// samples).
+fn spill_time(run: &RunResult, from: f64, to: f64) -> Option<f64> {
+    let window: Vec<bool> = run
+        .zone_spill_samples
+        .iter()
+        .filter(|(t, _)| *t >= from && *t < to)
+        .map(|(_, s)| *s)
+        .collect();
+    (!window.is_empty()).then(|| window.iter().filter(|s| **s).count() as f64 / window.len() as f64)
+}
+
+/// The times (seconds after traffic start) at which the first client changed zone mode, with the new mode.
+fn spill_changes(run: &RunResult) -> Vec<(f64, bool)> {
+    let mut out = Vec::new();
+    let mut last = false;
+    for &(t, s) in &run.zone_spill_samples {
+        if s != last {
+            out.push((t, s));
+            last = s;
+        }
+    }
+    out
+}
+
 fn zones_json(scenario: &Scenario, run: &RunResult) -> Value {
     let Some(zone) = scenario.client_zone() else {
         return Value::Null;
@@ -188,6 +215,9 @@ fn zones_json(scenario: &Scenario, run: &RunResult) -> Value {
         "cross_zone_by_phase": cross_zone_phases(scenario, run, zone).iter().map(|(a, b, f)| json!({"from_s": a, "to_s": b, "cross_zone_fraction": f})).collect::<Vec<_>>(),
         "zone_transitions": run.zone_transitions,
         "zone_spilling_at_end": run.zone_spilling_at_end,
+        "spill_time_fraction": spill_time(run, 0.0, f64::INFINITY),
+        "spill_time_by_phase": cross_zone_phases(scenario, run, zone).iter().map(|(a, b, _)| json!({"from_s": a, "to_s": b, "spill_time_fraction": spill_time(run, *a, *b)})).collect::<Vec<_>>(),
+        "spill_changes": spill_changes(run).iter().map(|(t, s)| json!({"at_s": t, "spilling": s})).collect::<Vec<_>>(),
     })
 }
 
@@ -288,6 +318,33 @@ fn routing_markdown(scenario: &Scenario, runs: &[RunResult]) -> String {
                 cross_zone(scenario, r, zone, 0, usize::MAX) * 100.0,
                 r.zone_transitions
                     .map_or("—".to_string(), |t| t.to_string())
+            );
+        }
+        for r in runs.iter().filter(|r| !r.zone_spill_samples.is_empty()) {
+            let by_phase = phases
+                .iter()
+                .map(|(a, b, _)| {
+                    spill_time(r, *a, *b)
+                        .map_or("—".to_string(), |f| format!("{:.0}%", f * 100.0))
+                })
+                .collect::<Vec<_>>()
+                .join(" / ");
+            let changes = spill_changes(r)
+                .iter()
+                .map(|(t, s)| format!("{} at {t:.1} s", if *s { "spill" } else { "local" }))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                out,
+                "\n- `{}`: time spilling {} (by phase {by_phase}); {}",
+                r.policy,
+                spill_time(r, 0.0, f64::INFINITY)
+                    .map_or("—".to_string(), |f| format!("{:.0}%", f * 100.0)),
+                if changes.is_empty() {
+                    "never left local mode".to_string()
+                } else {
+                    changes
+                }
             );
         }
     }

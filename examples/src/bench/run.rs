@@ -92,6 +92,9 @@ pub struct RunResult {
     pub zone_transitions: Option<u64>,
     /// Lateral's balancers with a zone policy: how many clients were spilling at the end.
     pub zone_spilling_at_end: Option<u64>,
+    /// Lateral's balancers with a zone policy: the first client's mode, sampled every 50 ms (seconds after
+    /// traffic start, spilling). `ClientMetrics` has only the count of transitions; this is their timeline.
+    pub zone_spill_samples: Vec<(f64, bool)>,
     /// Lateral with a dynamic fraction: the dynamic and the static group (all clients), from `GroupStats`.
     pub groups: Option<(GroupStats, GroupStats)>,
 }
@@ -293,6 +296,7 @@ pub async fn run(
             keys: None,
             zone_transitions: None,
             zone_spilling_at_end: None,
+            zone_spill_samples: Vec::new(),
             groups: None,
         },
     }));
@@ -315,6 +319,32 @@ pub async fn run(
                 })
                 .await;
         })
+    };
+
+    let spill_samples: Arc<Mutex<Vec<(f64, bool)>>> = Arc::default();
+    let spill_sampler = match clients.balancers.first() {
+        Some(balancer)
+            if scenario
+                .routing
+                .as_ref()
+                .is_some_and(|r| r.zone_policy.is_some()) =>
+        {
+            let (balancer, samples) = (balancer.clone(), spill_samples.clone());
+            let until = start + duration;
+            Some(tokio::spawn(async move {
+                tokio::time::sleep_until(start).await;
+                let mut tick = tokio::time::interval(Duration::from_millis(50));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                while Instant::now() < until {
+                    tick.tick().await;
+                    let t = start.elapsed().as_secs_f64();
+                    if let Ok(mut v) = samples.lock() {
+                        v.push((t, balancer.metrics().zone_spilling()));
+                    }
+                }
+            }))
+        }
+        _ => None,
     };
 
     let clients_echo: Vec<EchoClient<_>> = clients
@@ -369,6 +399,10 @@ pub async fn run(
     while inflight.join_next().await.is_some() {}
     runner.abort();
     let _ = runner.await;
+    if let Some(sampler) = spill_sampler {
+        sampler.abort();
+        let _ = sampler.await;
+    }
 
     let (mut result, key_counts) = match Arc::try_unwrap(recorder) {
         Ok(m) => {
@@ -380,6 +414,7 @@ pub async fn run(
             (r.result.clone(), r.key_counts.clone())
         }
     };
+    result.zone_spill_samples = spill_samples.lock().map(|v| v.clone()).unwrap_or_default();
     if hash_keys.is_some() {
         result.keys = Some(KeyStats::from_counts(&key_counts));
     }
