@@ -19,7 +19,8 @@
 //! - **spill**: every endpoint of every zone gets requests by the global weights (the coordinator's weights
 //!   already express each endpoint's capacity; the local zone keeps its global share).
 //!
-//! local → spill when `h < spill_below_healthy` or `u ≥ spill_at_utilization`; spill → local when
+//! local → spill when `h < spill_below_healthy` or `u ≥ spill_at_utilization` (`u` is the local mean ORCA
+//! utilisation averaged over time with a 2 s time constant, so a burst does not spill); spill → local when
 //! `h ≥ return_at_healthy` and `u < return_below_utilization` (or unknown). The enter and exit thresholds
 //! differ (hysteresis), and a mode is kept at least `min_dwell` (tokio time) before the next change; a change
 //! held back by the dwell is re-evaluated when the dwell ends. One exception: when no local endpoint can take
@@ -121,7 +122,14 @@ pub struct ZoneState {
     mode: ZoneMode,
     /// When the mode last changed (`None`: never, no dwell to respect).
     since: Option<Instant>,
+    /// The local utilisation smoothed over time, and when it was last updated.
+    utilization: Option<(f64, Instant)>,
 }
+
+/// Time constant of the utilisation average the thresholds compare against. ORCA utilisation arrives with
+/// every response and is an instant in-flight count (the responding request included), so one burst would
+/// otherwise cross the spill threshold; a zone spills on sustained load, not on a burst.
+pub const UTILIZATION_TIME_CONSTANT: Duration = Duration::from_secs(2);
 
 impl ZoneState {
     /// Starts in local mode.
@@ -130,6 +138,7 @@ impl ZoneState {
             policy,
             mode: ZoneMode::Local,
             since: None,
+            utilization: None,
         }
     }
 
@@ -140,7 +149,8 @@ impl ZoneState {
 
     /// Updates the mode from `signals` at `now`. Returns when to look again if a change is held back by the
     /// dwell (the caller re-evaluates then, with fresh signals).
-    pub fn observe(&mut self, signals: ZoneSignals, now: Instant) -> Option<Instant> {
+    pub fn observe(&mut self, mut signals: ZoneSignals, now: Instant) -> Option<Instant> {
+        signals.utilization = signals.utilization.map(|u| self.smooth_utilization(u, now));
         let p = &self.policy;
         let h = if signals.local == 0 {
             0.0
@@ -171,6 +181,24 @@ impl ZoneState {
                 None
             }
         }
+    }
+}
+
+impl ZoneState {
+    /// Folds a utilisation reading into the time-weighted average (time constant
+    /// [`UTILIZATION_TIME_CONSTANT`]) and returns the average.
+    fn smooth_utilization(&mut self, u: f64, now: Instant) -> f64 {
+        let u = if u.is_finite() { u.max(0.0) } else { 0.0 };
+        let smoothed = match self.utilization {
+            None => u,
+            Some((old, at)) => {
+                let dt = now.saturating_duration_since(at).as_secs_f64();
+                let weight = 1.0 - (-dt / UTILIZATION_TIME_CONSTANT.as_secs_f64()).exp();
+                old + (u - old) * weight
+            }
+        };
+        self.utilization = Some((smoothed, now));
+        smoothed
     }
 }
 
@@ -236,25 +264,48 @@ mod tests {
     #[test]
     fn hysteresis_and_dwell() {
         let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
         let mut z = ZoneState::new(ZonePolicy::default());
         assert_eq!(z.observe(signals(4, 4, Some(0.5)), t0), None);
         assert_eq!(z.mode(), ZoneMode::Local);
-        // Busy: spill (first change, no dwell yet).
-        z.observe(signals(4, 4, Some(0.9)), t0);
+        // Busy for a sustained while: spill (first change, no dwell yet).
+        z.observe(signals(4, 4, Some(0.9)), at(10));
         assert_eq!(z.mode(), ZoneMode::Spill);
         // Between the thresholds: stay.
-        z.observe(signals(4, 4, Some(0.7)), t0 + Duration::from_secs(20));
+        z.observe(signals(4, 4, Some(0.7)), at(30));
         assert_eq!(z.mode(), ZoneMode::Spill);
-        // Calm again but within the dwell of the change at t0 + 20? No change happened at t0 + 20, so the
-        // dwell since t0 is over: return.
-        z.observe(signals(4, 4, Some(0.5)), t0 + Duration::from_secs(21));
+        // Calmer for a second: the average falls below 0.65 and the dwell since t0 + 10 s is over: return.
+        z.observe(signals(4, 4, Some(0.5)), at(31));
         assert_eq!(z.mode(), ZoneMode::Local);
-        // Busy right after: held back until the dwell ends.
-        let again = z.observe(signals(4, 4, Some(0.95)), t0 + Duration::from_secs(22));
-        assert_eq!(again, Some(t0 + Duration::from_secs(31)));
+        // Busy again soon after: held back until the dwell (10 s from t0 + 31 s) ends.
+        let again = z.observe(signals(4, 4, Some(0.95)), at(40));
+        assert_eq!(again, Some(at(41)));
         assert_eq!(z.mode(), ZoneMode::Local);
         // Unless nothing local can take traffic.
-        z.observe(signals(4, 0, None), t0 + Duration::from_secs(23));
+        z.observe(signals(4, 0, None), at(40));
+        assert_eq!(z.mode(), ZoneMode::Spill);
+    }
+
+    #[test]
+    fn a_burst_of_utilization_does_not_spill() {
+        let t0 = Instant::now();
+        let mut z = ZoneState::new(ZonePolicy {
+            min_dwell: Duration::ZERO,
+            ..ZonePolicy::default()
+        });
+        let mut now = t0;
+        for k in 0..100 {
+            now += Duration::from_millis(100);
+            // Mostly 0.5, with a response at full utilisation every second.
+            let u = if k % 10 == 9 { 1.0 } else { 0.5 };
+            z.observe(signals(4, 4, Some(u)), now);
+            assert_eq!(z.mode(), ZoneMode::Local, "spilled on a burst at step {k}");
+        }
+        // Sustained load does spill.
+        for _ in 0..30 {
+            now += Duration::from_millis(100);
+            z.observe(signals(4, 4, Some(0.95)), now);
+        }
         assert_eq!(z.mode(), ZoneMode::Spill);
     }
 
