@@ -8,7 +8,8 @@
 //! What we put in the report ([`load_report`]):
 //! - `rps_fractional`, `eps`: requests and errors per second over the window most recently closed by the
 //!   reporter ([`Recorder::last_rates`]); zero before the first window closes;
-//! - `application_utilization` and `utilization["in_flight"]`: in-flight requests / declared capacity, when a
+//! - `application_utilization` and `utilization["in_flight"]`: the *other* in-flight requests (the one the report
+//!   answers is left out) / declared capacity, when a
 //!   capacity is declared (may exceed 1 when overloaded);
 //! - `cpu_utilization`: the recorder's utilization, when set (e.g. from a poller or the host);
 //! - `named_metrics["in_flight"]`: the raw in-flight count.
@@ -39,7 +40,11 @@ pub fn load_report(recorder: &Recorder) -> OrcaLoadReport {
         ..OrcaLoadReport::default()
     };
     if let Some(capacity) = recorder.declared_capacity() {
-        let util = in_flight / f64::from(capacity.max(1));
+        // The report rides on a response, and the request it answers is still counted in flight: leave it
+        // out, so that an endpoint serving one request at a time does not read as 1/capacity busier than it is
+        // to whoever picks next.
+        let others = (in_flight - 1.0).max(0.0);
+        let util = others / f64::from(capacity.max(1));
         report.application_utilization = util;
         report.utilization.insert(IN_FLIGHT_METRIC.to_owned(), util);
     }
@@ -94,7 +99,8 @@ mod tests {
     fn round_trips_and_is_unpadded_base64() {
         let recorder = Recorder::new();
         recorder.set_declared_capacity(Some(4));
-        let _a = recorder.begin();
+        let _answered = recorder.begin();
+        let _other = recorder.begin();
         let mut headers = HeaderMap::new();
         insert(&mut headers, &recorder);
         let raw = headers
@@ -103,8 +109,9 @@ mod tests {
             .unwrap_or_default();
         assert!(!raw.is_empty() && !raw.contains(&b'='));
         let report = decode(&headers).unwrap().unwrap();
+        // Two in flight, one of them the request this report answers: one other of four slots.
         assert_eq!(report.application_utilization, 0.25);
-        assert_eq!(report.named_metrics.get(IN_FLIGHT_METRIC), Some(&1.0));
+        assert_eq!(report.named_metrics.get(IN_FLIGHT_METRIC), Some(&2.0));
     }
 
     #[test]
