@@ -419,10 +419,22 @@ impl Policy {
     fn zone_mask(&mut self, base: &[f64], utilizations: &[Option<f64>]) -> Option<Vec<bool>> {
         let (zone, _) = self.routing.zone.as_ref()?;
         let local: Vec<bool> = self.entries.iter().map(|e| e.zone == *zone).collect();
+        let total: f64 = base.iter().sum();
+        let local_weight: f64 = base
+            .iter()
+            .zip(&local)
+            .filter(|(_, l)| **l)
+            .map(|(w, _)| w)
+            .sum();
         let mut signals = ZoneSignals {
             local: 0,
             healthy: 0,
             utilization: None,
+            local_share: if total > 0.0 {
+                local_weight / total
+            } else {
+                1.0
+            },
         };
         let (mut sum, mut reported) = (0.0, 0usize);
         for (i, e) in self.entries.iter().enumerate() {

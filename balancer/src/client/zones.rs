@@ -113,6 +113,8 @@ pub struct ZoneSignals {
     pub healthy: usize,
     /// Mean ORCA utilisation of the local endpoints that reported, if any did.
     pub utilization: Option<f64>,
+    /// The local endpoints' part of the global weights: the fraction of traffic they get while spilling.
+    pub local_share: f64,
 }
 
 /// The mode and the hysteresis state. Pure: time comes in as `now`.
@@ -165,9 +167,11 @@ impl ZoneState {
                 (h < p.spill_below_healthy || busy).then_some(ZoneMode::Spill)
             }
             ZoneMode::Spill => {
-                let calm = signals
-                    .utilization
-                    .is_none_or(|u| u < p.return_below_utilization);
+                // While spilling the local zone carries only `local_share` of the traffic, so its utilisation
+                // reads low; judge the return by what it would carry with all of it back.
+                let calm = signals.utilization.is_none_or(|u| {
+                    u / signals.local_share.clamp(0.05, 1.0) < p.return_below_utilization
+                });
                 (signals.healthy > 0 && h >= p.return_at_healthy && calm).then_some(ZoneMode::Local)
             }
         }?;
@@ -190,7 +194,9 @@ impl ZoneState {
     fn smooth_utilization(&mut self, u: f64, now: Instant) -> f64 {
         let u = if u.is_finite() { u.max(0.0) } else { 0.0 };
         let smoothed = match self.utilization {
-            None => u,
+            // No history: start from an idle zone, so spilling needs evidence that lasts, not the first
+            // reading (often a start-up burst on cold connections).
+            None => 0.0,
             Some((old, at)) => {
                 let dt = now.saturating_duration_since(at).as_secs_f64();
                 let weight = 1.0 - (-dt / UTILIZATION_TIME_CONSTANT.as_secs_f64()).exp();
@@ -258,7 +264,36 @@ mod tests {
             local,
             healthy,
             utilization,
+            local_share: 1.0,
         }
+    }
+
+    #[test]
+    fn the_return_is_judged_by_the_load_the_zone_would_carry_back() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut z = ZoneState::new(ZonePolicy {
+            min_dwell: Duration::ZERO,
+            ..ZonePolicy::default()
+        });
+        z.observe(signals(2, 2, Some(0.95)), t0);
+        assert_eq!(z.mode(), ZoneMode::Local, "one reading is not sustained load");
+        z.observe(signals(2, 2, Some(0.95)), at(10));
+        assert_eq!(z.mode(), ZoneMode::Spill);
+        // Spilling, the zone gets half the traffic and reads 0.5: with all of it back it would be at 1.0.
+        let half = ZoneSignals {
+            local_share: 0.5,
+            ..signals(2, 2, Some(0.5))
+        };
+        z.observe(half, at(20));
+        assert_eq!(z.mode(), ZoneMode::Spill);
+        // Reading 0.3 at half the traffic: 0.6 with all of it, below 0.65: return.
+        let calm = ZoneSignals {
+            local_share: 0.5,
+            ..signals(2, 2, Some(0.3))
+        };
+        z.observe(calm, at(40));
+        assert_eq!(z.mode(), ZoneMode::Local);
     }
 
     #[test]
