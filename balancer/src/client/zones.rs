@@ -277,7 +277,11 @@ mod tests {
             ..ZonePolicy::default()
         });
         z.observe(signals(2, 2, Some(0.95)), t0);
-        assert_eq!(z.mode(), ZoneMode::Local, "one reading is not sustained load");
+        assert_eq!(
+            z.mode(),
+            ZoneMode::Local,
+            "one reading is not sustained load"
+        );
         z.observe(signals(2, 2, Some(0.95)), at(10));
         assert_eq!(z.mode(), ZoneMode::Spill);
         // Spilling, the zone gets half the traffic and reads 0.5: with all of it back it would be at 1.0.
