@@ -85,6 +85,25 @@ pub async fn backend(spec: BackendSpec, interval: Duration, tls: TlsMode) -> Bac
         .expect("start a backend")
 }
 
+/// Starts `N` backends (name, worker slots, mean service time in ms) whose agents are certified by `pki` and
+/// heartbeat every 50 ms, and the coordinator configuration over them (service `svc`, [`fast_engine`]).
+pub async fn fleet<const N: usize>(
+    pki: &Pki,
+    specs: [(&str, u32, u64); N],
+) -> ([Backend; N], CoordinatorConfig) {
+    let mut started = Vec::with_capacity(N);
+    for (name, slots, ms) in specs {
+        let spec = BackendSpec::new(name, slots, Duration::from_millis(ms));
+        started.push(backend(spec, Duration::from_millis(50), pki.mode("agent")).await);
+    }
+    let endpoints = started.iter().map(endpoint_of).collect();
+    let config = coordinator_config(pki.coordinator_tls(), fast_engine(), endpoints);
+    let Ok(backends) = <[Backend; N]>::try_from(started) else {
+        unreachable!("exactly N backends were started")
+    };
+    (backends, config)
+}
+
 /// The endpoint entry for a backend.
 pub fn endpoint_of(backend: &Backend) -> EndpointConfig {
     EndpointConfig {

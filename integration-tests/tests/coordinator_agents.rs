@@ -16,23 +16,7 @@ const BEAT: Duration = Duration::from_millis(50);
 async fn weights_move_toward_the_capacity_ratio() {
     let pki = Pki::new("test-ca");
     // Same slots, four times the speed: four times the capacity.
-    let fast = backend(
-        BackendSpec::new("fast", 8, Duration::from_millis(5)),
-        BEAT,
-        pki.mode("agent"),
-    )
-    .await;
-    let slow = backend(
-        BackendSpec::new("slow", 8, Duration::from_millis(20)),
-        BEAT,
-        pki.mode("agent"),
-    )
-    .await;
-    let config = coordinator_config(
-        pki.coordinator_tls(),
-        fast_engine(),
-        vec![endpoint_of(&fast), endpoint_of(&slow)],
-    );
+    let ([fast, slow], config) = fleet(&pki, [("fast", 8, 5), ("slow", 8, 20)]).await;
     let coordinator = Coordinator::start(config).await.unwrap();
     let _load_fast = steady_load(fast.uri(), 100);
     let _load_slow = steady_load(slow.uri(), 100);
@@ -75,23 +59,7 @@ async fn weights_move_toward_the_capacity_ratio() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_is_degraded_then_ejected_and_ramps_back_after_restart() {
     let pki = Pki::new("test-ca");
-    let stay = backend(
-        BackendSpec::new("stay", 8, Duration::from_millis(5)),
-        BEAT,
-        pki.mode("agent"),
-    )
-    .await;
-    let mut flaky = backend(
-        BackendSpec::new("flaky", 8, Duration::from_millis(5)),
-        BEAT,
-        pki.mode("agent"),
-    )
-    .await;
-    let config = coordinator_config(
-        pki.coordinator_tls(),
-        fast_engine(),
-        vec![endpoint_of(&stay), endpoint_of(&flaky)],
-    );
+    let ([stay, mut flaky], config) = fleet(&pki, [("stay", 8, 5), ("flaky", 8, 5)]).await;
     let coordinator = Coordinator::start(config).await.unwrap();
     // Traffic, so that weights come from measurements rather than the static fallback.
     let _load_stay = steady_load(stay.uri(), 100);

@@ -11,10 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lateral_balancer::coordinator::Coordinator;
-use lateral_examples::backend::BackendSpec;
 use lateral_integration_tests::*;
-
-const BEAT: Duration = Duration::from_millis(50);
 
 fn chromium() -> PathBuf {
     for candidate in ["chromium", "chromium-browser", "google-chrome"] {
@@ -122,23 +119,7 @@ fn dump_dom(url: &str) -> String {
 async fn the_dashboard_renders_live_data_and_a_new_decision_in_chromium() {
     chromium(); // fail early, with the message, if it is missing
     let pki = Pki::new("test-ca");
-    let fast = backend(
-        BackendSpec::new("fast", 8, Duration::from_millis(5)),
-        BEAT,
-        pki.mode("agent"),
-    )
-    .await;
-    let slow = backend(
-        BackendSpec::new("slow", 8, Duration::from_millis(10)),
-        BEAT,
-        pki.mode("agent"),
-    )
-    .await;
-    let mut config = coordinator_config(
-        pki.coordinator_tls(),
-        fast_engine(),
-        vec![endpoint_of(&fast), endpoint_of(&slow)],
-    );
+    let ([fast, slow], mut config) = fleet(&pki, [("fast", 8, 5), ("slow", 8, 10)]).await;
     config.listen.http = Some(any_port());
     let coordinator = Coordinator::start(config).await.unwrap();
     let url = format!("http://{}/", coordinator.http_addr().unwrap());
