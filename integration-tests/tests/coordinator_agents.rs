@@ -67,7 +67,7 @@ async fn a_killed_agent_is_degraded_then_ejected_and_ramps_back_after_restart() 
     let mut watcher = Watcher::connect(coordinator.grpc_addr().unwrap(), "svc").await;
     watcher
         .until(
-            Duration::from_secs(5),
+            Duration::from_secs(15),
             "both active on measured weights",
             |s| {
                 !s.static_fallback
@@ -80,7 +80,7 @@ async fn a_killed_agent_is_degraded_then_ejected_and_ramps_back_after_restart() 
     flaky.kill().await;
     let killed_at = tokio::time::Instant::now();
     let degraded = watcher
-        .until(Duration::from_secs(3), "flaky degraded", |s| {
+        .until(Duration::from_secs(10), "flaky degraded", |s| {
             entry(s, "flaky").is_some_and(|e| e.1 == EndpointState::Degraded)
         })
         .await;
@@ -92,7 +92,7 @@ async fn a_killed_agent_is_degraded_then_ejected_and_ramps_back_after_restart() 
         describe(&degraded)
     );
     watcher
-        .until(Duration::from_secs(3), "flaky ejected", |s| {
+        .until(Duration::from_secs(10), "flaky ejected", |s| {
             entry(s, "flaky").is_some_and(|e| e.1 == EndpointState::Ejected && e.0 == 0.0)
         })
         .await;
@@ -100,17 +100,17 @@ async fn a_killed_agent_is_degraded_then_ejected_and_ramps_back_after_restart() 
     assert!(degraded_after < ejected_after);
     // 3 missed heartbeats of 50 ms, and a 600 ms timeout (with scheduling slack on a shared machine).
     assert!(
-        degraded_after < Duration::from_millis(900),
+        degraded_after < Duration::from_millis(1500),
         "degraded after {degraded_after:?}"
     );
     assert!(
-        ejected_after < Duration::from_millis(2500),
+        ejected_after < Duration::from_millis(3000),
         "ejected after {ejected_after:?}"
     );
 
     flaky.restart().await.unwrap();
     let ramping = watcher
-        .until(Duration::from_secs(10), "flaky ramping back", |s| {
+        .until(Duration::from_secs(20), "flaky ramping back", |s| {
             entry(s, "flaky").is_some_and(|e| e.1 == EndpointState::Ramping && e.0 > 0.0)
         })
         .await;
@@ -121,7 +121,7 @@ async fn a_killed_agent_is_degraded_then_ejected_and_ramps_back_after_restart() 
         describe(&ramping)
     );
     watcher
-        .until(Duration::from_secs(10), "flaky active again", |s| {
+        .until(Duration::from_secs(20), "flaky active again", |s| {
             entry(s, "flaky").is_some_and(|e| e.1 == EndpointState::Active)
         })
         .await;
