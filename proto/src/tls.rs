@@ -211,7 +211,7 @@ pub fn server_config(mode: &TlsMode) -> Result<rustls::ServerConfig, TlsError> {
             warn_insecure("server");
             let (chain, key) = self_signed()?;
             builder
-                .with_client_cert_verifier(Arc::new(AcceptAnyClient { provider }))
+                .with_client_cert_verifier(Arc::new(AcceptAnyPeer { provider }))
                 .with_single_cert(chain, key)?
         }
     };
@@ -245,7 +245,7 @@ pub fn client_config(mode: &TlsMode) -> Result<rustls::ClientConfig, TlsError> {
             let (chain, key) = self_signed()?;
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyServer { provider }))
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyPeer { provider }))
                 .with_client_auth_cert(chain, key)?
         }
     };
@@ -597,14 +597,43 @@ fn write_file(path: &Path, contents: &str, secret: bool) -> std::io::Result<()> 
     file.write_all(contents.as_bytes())
 }
 
-/// InsecureDev server side: requires a client certificate but accepts any (handshake signatures are still
-/// checked, so the peer holds the key of the certificate it shows).
+/// InsecureDev peer verification, both sides: any certificate is accepted (the server still requires the
+/// client to present one), but handshake signatures are checked, so a peer holds the key of the certificate it
+/// shows.
 #[derive(Debug)]
-struct AcceptAnyClient {
+struct AcceptAnyPeer {
     provider: Arc<CryptoProvider>,
 }
 
-impl ClientCertVerifier for AcceptAnyClient {
+impl AcceptAnyPeer {
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for AcceptAnyPeer {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
@@ -624,12 +653,7 @@ impl ClientCertVerifier for AcceptAnyClient {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -638,28 +662,15 @@ impl ClientCertVerifier for AcceptAnyClient {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.schemes()
     }
 }
 
-/// InsecureDev client side: accepts any server certificate.
-#[derive(Debug)]
-struct AcceptAnyServer {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AcceptAnyServer {
+impl ServerCertVerifier for AcceptAnyPeer {
     fn verify_server_cert(
         &self,
         _end_entity: &CertificateDer<'_>,
@@ -677,12 +688,7 @@ impl ServerCertVerifier for AcceptAnyServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -691,17 +697,10 @@ impl ServerCertVerifier for AcceptAnyServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.schemes()
     }
 }
