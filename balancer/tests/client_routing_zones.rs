@@ -163,6 +163,62 @@ async fn prefers_its_zone_spills_on_degradation_and_returns_after_the_dwell() {
     assert!(text.contains("lateral_client_zone_transitions_total{service=\"echo\"} 2"));
 }
 
+/// Runs `secs` of paused time in 100 ms steps with a zone-a demand of `full` (the utilisation zone a would
+/// report carrying all the traffic): each step sends `per_step` requests, and the local backends then report
+/// `full ×` the fraction of that step's requests they took (a zone whose load follows its traffic). Returns
+/// the local fraction of each step.
+async fn demand(z: &Zoned, secs: u64, full: f64, per_step: usize) -> Vec<f64> {
+    let mut fractions = Vec::new();
+    for _ in 0..secs * 10 {
+        let arrivals = z.traffic(per_step).await;
+        let local = (arrivals[0] + arrivals[1]) as f64 / per_step as f64;
+        for b in &z.backends[..2] {
+            b.report_utilization(Some(full * local));
+        }
+        fractions.push(local);
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    fractions
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_zone_spills_only_its_deficit_without_alternating() {
+    let mut z = Zoned::start(policy()).await;
+    // Zone a has 40% of the global weight.
+    z.send([(0.2, Active), (0.2, Active), (0.6, Active)]).await;
+    let mean = |f: &[f64]| f.iter().sum::<f64>() / f.len() as f64;
+
+    // Calm: zone a carries everything at 0.5.
+    let calm = demand(&z, 5, 0.5, 10).await;
+    assert!(calm.iter().all(|f| *f == 1.0), "{calm:?}");
+    assert_eq!(z.balancer.metrics().zone_transitions(), 0);
+
+    // Zone a would run at 1.3 with all of it: it keeps what it carries at 0.65, half, and spills the rest
+    // (not everything: the global weights would keep only 40%).
+    let busy = demand(&z, 30, 1.3, 10).await;
+    assert_eq!(
+        z.balancer.metrics().zone_transitions(),
+        1,
+        "one spill, no alternation: {busy:?}"
+    );
+    let settled = mean(&busy[100..]);
+    assert!((settled - 0.5).abs() < 0.07, "local fraction {settled}");
+    let k = z.balancer.metrics().zone_local_fraction();
+    assert!((k - 0.5).abs() < 0.07, "gauge {k}");
+    let text = z.balancer.metrics().render_prometheus();
+    assert!(text.contains("lateral_client_zone_local_fraction{service=\"echo\"} 0."));
+
+    // Demand eases below the return threshold: the zone takes everything back, once.
+    let eased = demand(&z, 20, 0.4, 10).await;
+    assert!(!z.balancer.metrics().zone_spilling(), "{eased:?}");
+    assert_eq!(z.balancer.metrics().zone_transitions(), 2);
+    assert!(
+        eased[eased.len() - 20..].iter().all(|f| *f == 1.0),
+        "{eased:?}"
+    );
+    assert_eq!(z.balancer.metrics().zone_local_fraction(), 1.0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn spills_at_once_when_nothing_local_can_serve_even_within_the_dwell() {
     let mut z = Zoned::start(policy()).await;

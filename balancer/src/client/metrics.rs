@@ -113,6 +113,12 @@ impl ClientMetrics {
         self.zones.spilling()
     }
 
+    /// The fraction of requests the local zone gets: 1 in local mode, less while spilling (with a zone
+    /// policy; 1 without).
+    pub fn zone_local_fraction(&self) -> f64 {
+        self.zones.local_fraction()
+    }
+
     /// Changes between local and spill mode so far.
     pub fn zone_transitions(&self) -> u64 {
         self.zones.transitions()

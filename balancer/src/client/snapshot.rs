@@ -34,7 +34,7 @@ use super::hashing::TableCache;
 use super::metrics::ClientMetrics;
 use super::orca;
 use super::picker::{PickerSnapshot, StaticRoute, StrideScheduler};
-use super::zones::{ZoneMode, ZonePolicy, ZoneSignals, ZoneState};
+use super::zones::{ZonePolicy, ZoneSignals, ZoneSplit, ZoneState};
 use crate::Error;
 
 /// The receiving end of a weight feed: the latest snapshot, `None` until there is one.
@@ -323,13 +323,9 @@ impl Policy {
             .collect();
         let mut weights = base.clone();
         orca::blend(&mut weights, &utilizations);
-        let local = self.zone_mask(&base, &utilizations);
-        if let Some(local) = &local {
-            for (w, l) in weights.iter_mut().zip(local) {
-                if !l {
-                    *w = 0.0;
-                }
-            }
+        let zones = self.zone_split(&base, &utilizations);
+        if let Some(zones) = &zones {
+            zones.apply(&mut weights);
         }
         let hash = self.routing.hash_table_size.and_then(|size| {
             let inputs = self.table_inputs(&base);
@@ -338,7 +334,7 @@ impl Policy {
         let static_group = self
             .routing
             .split
-            .then(|| self.static_route(local.as_deref()));
+            .then(|| self.static_route(zones.as_ref()));
         let scheduler = StrideScheduler::new(&weights, self.rng.random());
         let sum: f64 = weights.iter().sum();
         let shares = weights
@@ -373,8 +369,8 @@ impl Policy {
     }
 
     /// The static group of a split: configured static weights (an endpoint the builder did not weigh gets
-    /// their mean; equal weights when none were given), the same exclusions, the zone mask if in local mode.
-    fn static_route(&mut self, local: Option<&[bool]>) -> StaticRoute {
+    /// their mean; equal weights when none were given), the same exclusions, the same zone split.
+    fn static_route(&mut self, zones: Option<&ZoneSplit>) -> StaticRoute {
         let mean = if self.static_weights.is_empty() {
             1.0
         } else {
@@ -400,23 +396,19 @@ impl Policy {
             let inputs = self.table_inputs(&weights);
             self.static_hash_cache.get(inputs, size)
         });
-        let masked: Vec<f64> = match local {
-            Some(local) => weights
-                .iter()
-                .zip(local)
-                .map(|(w, l)| if *l { *w } else { 0.0 })
-                .collect(),
-            None => weights,
-        };
+        let mut split = weights;
+        if let Some(zones) = zones {
+            zones.apply(&mut split);
+        }
         StaticRoute {
-            scheduler: StrideScheduler::new(&masked, self.rng.random()),
+            scheduler: StrideScheduler::new(&split, self.rng.random()),
             hash,
         }
     }
 
-    /// Evaluates zone preference (see [`zones`](super::zones)); `Some(mask of local endpoints)` while in
-    /// local mode.
-    fn zone_mask(&mut self, base: &[f64], utilizations: &[Option<f64>]) -> Option<Vec<bool>> {
+    /// Evaluates zone preference (see [`zones`](super::zones)): which endpoints are local and the fraction
+    /// of traffic they get; `None` with zone preference off.
+    fn zone_split(&mut self, base: &[f64], utilizations: &[Option<f64>]) -> Option<ZoneSplit> {
         let (zone, _) = self.routing.zone.as_ref()?;
         let local: Vec<bool> = self.entries.iter().map(|e| e.zone == *zone).collect();
         let total: f64 = base.iter().sum();
@@ -461,6 +453,7 @@ impl Policy {
         let before = state.mode();
         self.zone_recheck = state.observe(signals, Instant::now());
         let mode = state.mode();
+        let keep = state.keep();
         if mode != before {
             tracing::info!(
                 service = %self.shared.service,
@@ -468,12 +461,13 @@ impl Policy {
                 local = signals.local,
                 healthy = signals.healthy,
                 utilization = signals.utilization.unwrap_or(f64::NAN),
+                local_fraction = keep,
                 ?mode,
                 "zone preference changed mode"
             );
         }
-        self.shared.metrics.zones.set(mode);
-        (mode == ZoneMode::Local).then_some(local)
+        self.shared.metrics.zones.set(state);
+        Some(ZoneSplit { local, keep })
     }
 
     fn why_empty(&self) -> String {

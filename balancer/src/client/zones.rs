@@ -1,5 +1,6 @@
-//! Zone preference with spillover: a client sends to endpoints of its own zone, and spills to every zone
-//! when its zone is unhealthy or busy, with hysteresis so that it does not flap.
+//! Zone preference with spillover: a client sends to endpoints of its own zone, and spills what its zone
+//! cannot carry to the other zones when its zone is busy (all of it when unhealthy), with hysteresis so
+//! that it does not flap.
 //!
 //! Turn it on with [`Builder::zone`](super::Builder::zone) (this client's zone) and
 //! [`Builder::zone_policy`](super::Builder::zone_policy). Endpoints carry their zone in the snapshot
@@ -13,27 +14,40 @@
 //! - *utilisation* `u` = the mean ORCA utilisation of the local endpoints that reported since the last
 //!   snapshot (the agents' in-flight ÷ capacity); unknown when none did.
 //!
-//! It is in one of two modes:
-//! - **local**: only local endpoints get requests, by their weights renormalised within the zone (a local
-//!   endpoint with 10% of the global weight and one with 30% take 25% and 75%);
-//! - **spill**: every endpoint of every zone gets requests by the global weights (the coordinator's weights
-//!   already express each endpoint's capacity; the local zone keeps its global share).
+//! It keeps a *local fraction* `k`, the part of this client's traffic the local zone gets:
+//! - **local** (`k = 1`): only local endpoints get requests, by their weights renormalised within the zone (a
+//!   local endpoint with 10% of the global weight and one with 30% take 25% and 75%);
+//! - **spill** (`k < 1`): the local endpoints get `k` of the requests between them, the other zones' endpoints
+//!   the rest, each group by its weights. `k` never goes below `local_share`, the local endpoints' part of
+//!   the global weights: at that floor the split *is* the global weights (a full spill).
 //!
-//! local → spill when `h < spill_below_healthy` or `u ≥ spill_at_utilization` (`u` is the local mean ORCA
-//! utilisation averaged over time with a 2 s time constant, so a burst does not spill); spill → local when
-//! `h ≥ return_at_healthy` and `u < return_below_utilization` (or unknown). The enter and exit thresholds
-//! differ (hysteresis), and a mode is kept at least `min_dwell` (tokio time) before the next change; a change
-//! held back by the dwell is re-evaluated when the dwell ends. One exception: when no local endpoint can take
-//! traffic at all, the client spills at once (waiting would fail requests). With no local endpoint in the
-//! set, the client is always in spill mode; with no zone configured, the policy is off.
+//! Utilisation is measured while the zone carries `k` of the traffic, so each reading is projected to the
+//! whole of it (`u / k`) before it is averaged over time (a 2 s time constant, so a burst does not spill):
+//! `ū` is the utilisation the zone would have if it took everything. Then:
+//! - local → spill when `h < spill_below_healthy` (to the floor: a full spill), or when
+//!   `ū ≥ spill_at_utilization`, to `k = return_below_utilization / ū`: the zone keeps what it can carry at
+//!   the return threshold and spills only the deficit (Envoy's zone-aware routing likewise spills a residual
+//!   fraction, not everything);
+//! - while spilling, `k` follows `return_below_utilization / ū` (steps under 0.02 ignored), or stays at the
+//!   floor while `h < return_at_healthy`;
+//! - spill → local when `h ≥ return_at_healthy` and `ū < return_below_utilization` (or unknown), that is when
+//!   the zone can take all of its traffic back below the return threshold.
+//!
+//! The enter and exit thresholds differ (hysteresis), and a *mode* change (local ↔ spill) is kept at least
+//! `min_dwell` (tokio time) before the next one; a change held back by the dwell is re-evaluated when the
+//! dwell ends. Adjusting `k` while spilling is not a mode change: the smoothing paces it. One exception to
+//! the dwell: when no local endpoint can take traffic at all, the client spills at once (waiting would fail
+//! requests). With no local endpoint in the set, the client is always in spill mode; with no zone
+//! configured, the policy is off. `lateral_client_zone_local_fraction` reports `k`.
 //!
 //! **Compared with Envoy's zone-aware routing** (`common_lb_config.zone_aware_lb_config`): Envoy routes all
 //! traffic locally when the local zone's share of upstream hosts is at least its share of the (calling)
-//! cluster's hosts, otherwise a continuous residual fraction spills to zones with excess capacity; below
-//! `min_cluster_size` or under the panic threshold it routes across all zones. It has no hysteresis: a
-//! host-count change moves the split immediately. Lateral has no view of where the other clients are, but it
-//! has per-endpoint weights that already encode capacity, so it uses a two-state switch on health and
-//! utilisation, with hysteresis and a dwell, and defers to the global weights when spilling.
+//! cluster's hosts, otherwise a residual fraction proportional to the deficit spills to zones with excess
+//! capacity; below `min_cluster_size` or under the panic threshold it routes across all zones. It has no
+//! hysteresis: a host-count change moves the split immediately. Lateral has no view of where the other
+//! clients are, but it measures the local zone's load (ORCA) and the coordinator's weights already encode
+//! capacity, so it sizes the residual from the measured utilisation, spills it by the global weights, and
+//! adds hysteresis and a dwell between modes.
 //!
 //! Choose it when cross-zone hops cost latency or money and each zone is provisioned for its own clients;
 //! leave it off when zones are not symmetric in clients and capacity (the global weights do better there).
@@ -100,7 +114,7 @@ impl ZonePolicy {
 pub enum ZoneMode {
     /// Only the local zone's endpoints, weights renormalised within it.
     Local,
-    /// Every zone, by the global weights.
+    /// Part of the traffic (the [`ZoneState::keep`] fraction) stays local, the rest goes to the other zones.
     Spill,
 }
 
@@ -111,20 +125,23 @@ pub struct ZoneSignals {
     pub local: usize,
     /// Of which can take traffic.
     pub healthy: usize,
-    /// Mean ORCA utilisation of the local endpoints that reported, if any did.
+    /// Mean ORCA utilisation of the local endpoints that reported, if any did, measured while the zone
+    /// carried the [`ZoneState::keep`] fraction of this client's traffic.
     pub utilization: Option<f64>,
-    /// The local endpoints' part of the global weights: the fraction of traffic they get while spilling.
+    /// The local endpoints' part of the global weights: the least fraction the zone keeps (a full spill).
     pub local_share: f64,
 }
 
-/// The mode and the hysteresis state. Pure: time comes in as `now`.
+/// The mode, the local fraction and the hysteresis state. Pure: time comes in as `now`.
 #[derive(Debug, Clone)]
 pub struct ZoneState {
     policy: ZonePolicy,
-    mode: ZoneMode,
+    /// The fraction of traffic the local zone gets: 1 in local mode, `[local_share, 1)` while spilling.
+    keep: f64,
     /// When the mode last changed (`None`: never, no dwell to respect).
     since: Option<Instant>,
-    /// The local utilisation smoothed over time, and when it was last updated.
+    /// The utilisation the local zone would have with all the traffic, smoothed over time, and when it was
+    /// last updated.
     utilization: Option<(f64, Instant)>,
 }
 
@@ -133,12 +150,20 @@ pub struct ZoneState {
 /// otherwise cross the spill threshold; a zone spills on sustained load, not on a burst.
 pub const UTILIZATION_TIME_CONSTANT: Duration = Duration::from_secs(2);
 
+/// The smallest change of the local fraction worth republishing while spilling (finer steps are noise of
+/// the utilisation signal).
+pub const KEEP_STEP: f64 = 0.02;
+
+/// Below this fraction the measured utilisation is not scaled up further (a nearly empty zone's readings
+/// say little about full load).
+const MIN_PROJECTION_KEEP: f64 = 0.05;
+
 impl ZoneState {
     /// Starts in local mode.
     pub fn new(policy: ZonePolicy) -> Self {
         Self {
             policy,
-            mode: ZoneMode::Local,
+            keep: 1.0,
             since: None,
             utilization: None,
         }
@@ -146,41 +171,84 @@ impl ZoneState {
 
     /// The current mode.
     pub fn mode(&self) -> ZoneMode {
-        self.mode
+        if self.keep >= 1.0 {
+            ZoneMode::Local
+        } else {
+            ZoneMode::Spill
+        }
     }
 
-    /// Updates the mode from `signals` at `now`. Returns when to look again if a change is held back by the
-    /// dwell (the caller re-evaluates then, with fresh signals).
-    pub fn observe(&mut self, mut signals: ZoneSignals, now: Instant) -> Option<Instant> {
-        signals.utilization = signals.utilization.map(|u| self.smooth_utilization(u, now));
-        let p = &self.policy;
+    /// The fraction of this client's traffic the local zone gets (1 in local mode).
+    pub fn keep(&self) -> f64 {
+        self.keep
+    }
+
+    /// Updates the mode and the local fraction from `signals` at `now`. Returns when to look again if a
+    /// mode change is held back by the dwell (the caller re-evaluates then, with fresh signals).
+    pub fn observe(&mut self, signals: ZoneSignals, now: Instant) -> Option<Instant> {
+        let floor = if signals.local_share.is_finite() {
+            signals.local_share.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        // The zone carried `keep` of the traffic when it reported: project to all of it.
+        let full = signals.utilization.map(|u| {
+            let projected = u / self.keep.max(MIN_PROJECTION_KEEP);
+            self.smooth_utilization(projected, now)
+        });
+        let p = self.policy;
         let h = if signals.local == 0 {
             0.0
         } else {
             signals.healthy as f64 / signals.local as f64
         };
-        let wanted = match self.mode {
+        // What the zone can carry at the return threshold, as a fraction of all the traffic.
+        let carried = |u: f64| {
+            if u > 0.0 {
+                (p.return_below_utilization / u).min(1.0)
+            } else {
+                1.0
+            }
+        };
+        let wanted = match self.mode() {
             ZoneMode::Local => {
-                let busy = signals
-                    .utilization
-                    .is_some_and(|u| u >= p.spill_at_utilization);
-                (h < p.spill_below_healthy || busy).then_some(ZoneMode::Spill)
+                if h < p.spill_below_healthy {
+                    floor
+                } else {
+                    match full {
+                        Some(u) if u >= p.spill_at_utilization => carried(u).max(floor),
+                        _ => 1.0,
+                    }
+                }
             }
             ZoneMode::Spill => {
-                // While spilling the local zone carries only `local_share` of the traffic, so its utilisation
-                // reads low; judge the return by what it would carry with all of it back.
-                let calm = signals.utilization.is_none_or(|u| {
-                    u / signals.local_share.clamp(0.05, 1.0) < p.return_below_utilization
-                });
-                (signals.healthy > 0 && h >= p.return_at_healthy && calm).then_some(ZoneMode::Local)
+                if signals.healthy == 0 || h < p.return_at_healthy {
+                    floor
+                } else {
+                    full.map_or(1.0, carried).max(floor)
+                }
             }
-        }?;
+        };
+        // A spill that keeps (nearly) everything is no spill: zones whose local share is the whole
+        // weight have nowhere to spill to.
+        let wanted = if wanted >= 1.0 - KEEP_STEP / 2.0 {
+            1.0
+        } else {
+            wanted
+        };
+        let changes_mode = (wanted >= 1.0) != (self.keep >= 1.0);
+        if !changes_mode {
+            if (wanted - self.keep).abs() >= KEEP_STEP || (wanted == floor && self.keep != floor) {
+                self.keep = wanted;
+            }
+            return None;
+        }
         let dwell_end = self.since.map(|s| s + p.min_dwell);
-        let urgent = wanted == ZoneMode::Spill && signals.healthy == 0;
+        let urgent = wanted < 1.0 && signals.healthy == 0;
         match dwell_end {
             Some(end) if now < end && !urgent => Some(end),
             _ => {
-                self.mode = wanted;
+                self.keep = wanted;
                 self.since = Some(now);
                 None
             }
@@ -208,12 +276,62 @@ impl ZoneState {
     }
 }
 
+/// Which endpoints are local and the fraction of traffic they get: how a published picker splits weights
+/// between zones.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ZoneSplit {
+    /// Per endpoint, in table order: in the client's zone.
+    pub(crate) local: Vec<bool>,
+    /// The local zone's fraction of the traffic.
+    pub(crate) keep: f64,
+}
+
+impl ZoneSplit {
+    /// Rescales `weights` (in table order) so that the local endpoints carry `keep` of the total and the
+    /// others the rest, each group keeping its internal proportions. A group without weight cannot carry
+    /// its part: the other group gets everything (nothing local to keep, or nowhere to spill).
+    pub(crate) fn apply(&self, weights: &mut [f64]) {
+        let (mut local, mut remote) = (0.0, 0.0);
+        for (w, l) in weights.iter().zip(&self.local) {
+            if *l {
+                local += *w;
+            } else {
+                remote += *w;
+            }
+        }
+        if local <= 0.0 || remote <= 0.0 {
+            return;
+        }
+        let keep = self.keep.clamp(0.0, 1.0);
+        for (w, l) in weights.iter_mut().zip(&self.local) {
+            *w *= if *l {
+                keep / local
+            } else {
+                (1.0 - keep) / remote
+            };
+        }
+    }
+}
+
 /// The zone gauges.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ZoneMetrics {
     enabled: AtomicBool,
     spilling: AtomicBool,
     transitions: AtomicU64,
+    /// The local fraction, as `f64` bits.
+    keep_bits: AtomicU64,
+}
+
+impl Default for ZoneMetrics {
+    fn default() -> Self {
+        Self {
+            enabled: AtomicBool::new(false),
+            spilling: AtomicBool::new(false),
+            transitions: AtomicU64::new(0),
+            keep_bits: AtomicU64::new(1.0f64.to_bits()),
+        }
+    }
 }
 
 impl ZoneMetrics {
@@ -221,9 +339,11 @@ impl ZoneMetrics {
         self.enabled.store(true, Ordering::Relaxed);
     }
 
-    /// Records the mode after an evaluation.
-    pub(crate) fn set(&self, mode: ZoneMode) {
-        let spilling = mode == ZoneMode::Spill;
+    /// Records the state after an evaluation.
+    pub(crate) fn set(&self, state: &ZoneState) {
+        let spilling = state.mode() == ZoneMode::Spill;
+        self.keep_bits
+            .store(state.keep().to_bits(), Ordering::Relaxed);
         if self.spilling.swap(spilling, Ordering::Relaxed) != spilling {
             self.transitions.fetch_add(1, Ordering::Relaxed);
         }
@@ -237,6 +357,10 @@ impl ZoneMetrics {
         self.transitions.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn local_fraction(&self) -> f64 {
+        f64::from_bits(self.keep_bits.load(Ordering::Relaxed))
+    }
+
     /// Appends the zone series (only when zone preference is on).
     pub(crate) fn render(&self, out: &mut String, service: &str) {
         if !self.enabled.load(Ordering::Relaxed) {
@@ -246,6 +370,11 @@ impl ZoneMetrics {
             out,
             "# HELP lateral_client_zone_spilling 1 while requests spill out of the local zone.\n# TYPE lateral_client_zone_spilling gauge\nlateral_client_zone_spilling{{service=\"{service}\"}} {}",
             u64::from(self.spilling())
+        );
+        let _ = writeln!(
+            out,
+            "# HELP lateral_client_zone_local_fraction The fraction of requests the local zone gets (1 in local mode).\n# TYPE lateral_client_zone_local_fraction gauge\nlateral_client_zone_local_fraction{{service=\"{service}\"}} {}",
+            self.local_fraction()
         );
         let _ = writeln!(
             out,
@@ -264,8 +393,53 @@ mod tests {
             local,
             healthy,
             utilization,
-            local_share: 1.0,
+            local_share: 0.4,
         }
+    }
+
+    /// Feeds `u` (as measured under the state's current local fraction) every 100 ms for `secs`.
+    fn hold(z: &mut ZoneState, now: &mut Instant, secs: u64, share: f64, u_full: f64) {
+        for _ in 0..secs * 10 {
+            *now += Duration::from_millis(100);
+            let measured = u_full * z.keep();
+            let s = ZoneSignals {
+                local_share: share,
+                ..signals(2, 2, Some(measured))
+            };
+            z.observe(s, *now);
+        }
+    }
+
+    #[test]
+    fn a_busy_zone_spills_only_its_deficit_and_follows_it() {
+        let mut now = Instant::now();
+        let mut z = ZoneState::new(ZonePolicy {
+            min_dwell: Duration::from_secs(3),
+            ..ZonePolicy::default()
+        });
+        // Below the spill threshold: local.
+        hold(&mut z, &mut now, 10, 0.5, 0.8);
+        assert_eq!(z.mode(), ZoneMode::Local);
+        // The zone would run at 1.3 with all the traffic: it keeps 0.65 / 1.3 = 50%.
+        hold(&mut z, &mut now, 20, 0.3, 1.3);
+        assert_eq!(z.mode(), ZoneMode::Spill);
+        assert!((z.keep() - 0.5).abs() < 0.03, "keep {}", z.keep());
+        // The measured utilisation is scaled by the local fraction, so holding the same demand holds the
+        // same fraction: no alternation between local and spill.
+        let keep = z.keep();
+        hold(&mut z, &mut now, 30, 0.3, 1.3);
+        assert!((z.keep() - keep).abs() < 0.03);
+        // Demand eases to 0.9 with all the traffic: the zone takes more back, still spilling.
+        hold(&mut z, &mut now, 20, 0.3, 0.9);
+        assert_eq!(z.mode(), ZoneMode::Spill);
+        assert!((z.keep() - 0.65 / 0.9).abs() < 0.03, "keep {}", z.keep());
+        // Never below the zone's share of the global weights.
+        hold(&mut z, &mut now, 20, 0.6, 3.0);
+        assert!((z.keep() - 0.6).abs() < 1e-9, "keep {}", z.keep());
+        // Demand falls below the return threshold: back to local.
+        hold(&mut z, &mut now, 20, 0.3, 0.5);
+        assert_eq!(z.mode(), ZoneMode::Local);
+        assert_eq!(z.keep(), 1.0);
     }
 
     #[test]
@@ -284,20 +458,40 @@ mod tests {
         );
         z.observe(signals(2, 2, Some(0.95)), at(10));
         assert_eq!(z.mode(), ZoneMode::Spill);
-        // Spilling, the zone gets half the traffic and reads 0.5: with all of it back it would be at 1.0.
-        let half = ZoneSignals {
-            local_share: 0.5,
-            ..signals(2, 2, Some(0.5))
-        };
-        z.observe(half, at(20));
+        let keep = z.keep();
+        assert!((keep - 0.65 / 0.95).abs() < 0.01, "keep {keep}");
+        // Carrying `keep` of the traffic the zone reads 0.6: with all of it back it would be at 0.6 / keep.
+        z.observe(signals(2, 2, Some(0.6)), at(20));
         assert_eq!(z.mode(), ZoneMode::Spill);
-        // Reading 0.3 at half the traffic: 0.6 with all of it, below 0.65: return.
-        let calm = ZoneSignals {
-            local_share: 0.5,
-            ..signals(2, 2, Some(0.3))
-        };
-        z.observe(calm, at(40));
+        // Reading 0.3 at that fraction: below 0.65 with all of it: return.
+        z.observe(signals(2, 2, Some(0.3)), at(40));
         assert_eq!(z.mode(), ZoneMode::Local);
+    }
+
+    #[test]
+    fn a_split_keeps_each_groups_proportions() {
+        let split = ZoneSplit {
+            local: vec![true, true, false, false],
+            keep: 0.6,
+        };
+        let mut w = vec![0.1, 0.3, 0.2, 0.4];
+        split.apply(&mut w);
+        let expected = [0.15, 0.45, 0.4 / 3.0, 0.8 / 3.0];
+        for (a, b) in w.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-12, "{w:?}");
+        }
+        // Local mode: nothing leaves the zone.
+        let mut w = vec![0.1, 0.3, 0.2, 0.4];
+        ZoneSplit {
+            keep: 1.0,
+            ..split.clone()
+        }
+        .apply(&mut w);
+        assert_eq!(&w[2..], &[0.0, 0.0]);
+        // Nothing local can take traffic: everything goes out, whatever the fraction.
+        let mut w = vec![0.0, 0.0, 0.2, 0.4];
+        ZoneSplit { keep: 1.0, ..split }.apply(&mut w);
+        assert_eq!(w, vec![0.0, 0.0, 0.2, 0.4]);
     }
 
     #[test]
@@ -305,24 +499,27 @@ mod tests {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut z = ZoneState::new(ZonePolicy::default());
-        assert_eq!(z.observe(signals(4, 4, Some(0.5)), t0), None);
+        // Readings as the zone measures them: the load it would carry with everything, times its fraction.
+        let busy = |z: &ZoneState, full: f64| signals(4, 4, Some(full * z.keep()));
+        assert_eq!(z.observe(busy(&z, 0.5), t0), None);
         assert_eq!(z.mode(), ZoneMode::Local);
         // Busy for a sustained while: spill (first change, no dwell yet).
-        z.observe(signals(4, 4, Some(0.9)), at(10));
+        z.observe(busy(&z, 0.9), at(10));
         assert_eq!(z.mode(), ZoneMode::Spill);
         // Between the thresholds: stay.
-        z.observe(signals(4, 4, Some(0.7)), at(30));
+        z.observe(busy(&z, 0.7), at(30));
         assert_eq!(z.mode(), ZoneMode::Spill);
         // Calmer for a second: the average falls below 0.65 and the dwell since t0 + 10 s is over: return.
-        z.observe(signals(4, 4, Some(0.5)), at(31));
+        z.observe(busy(&z, 0.5), at(31));
         assert_eq!(z.mode(), ZoneMode::Local);
         // Busy again soon after: held back until the dwell (10 s from t0 + 31 s) ends.
-        let again = z.observe(signals(4, 4, Some(0.95)), at(40));
+        let again = z.observe(busy(&z, 0.95), at(40));
         assert_eq!(again, Some(at(41)));
         assert_eq!(z.mode(), ZoneMode::Local);
         // Unless nothing local can take traffic.
         z.observe(signals(4, 0, None), at(40));
         assert_eq!(z.mode(), ZoneMode::Spill);
+        assert_eq!(z.keep(), 0.4, "a full spill: the global weights");
     }
 
     #[test]

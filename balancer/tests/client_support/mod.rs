@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use futures_util::StreamExt;
 use lateral_proto::coordinator::{EndpointState, EndpointWeight, WeightSnapshot};
@@ -13,12 +13,15 @@ use lateral_proto::demo::{EchoReply, EchoRequest};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-/// An Echo backend that says who it is and counts arrivals (and request ids).
+/// An Echo backend that says who it is and counts arrivals (and request ids); unary replies carry an ORCA
+/// load report in their metadata while [`Backend::report_utilization`] holds a value.
 #[derive(Clone)]
 pub struct Backend {
     pub name: String,
     pub arrivals: Arc<AtomicUsize>,
     pub request_ids: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The utilization to report, as `f64` bits; NaN: no report.
+    orca_bits: Arc<AtomicU64>,
 }
 
 impl Backend {
@@ -27,6 +30,28 @@ impl Backend {
             name: name.into(),
             arrivals: Arc::default(),
             request_ids: Arc::default(),
+            orca_bits: Arc::new(AtomicU64::new(f64::NAN.to_bits())),
+        }
+    }
+
+    /// Unary replies report `utilization` (`None`: no report) from now on.
+    pub fn report_utilization(&self, utilization: Option<f64>) {
+        let u = utilization.unwrap_or(f64::NAN);
+        self.orca_bits.store(u.to_bits(), Ordering::SeqCst);
+    }
+
+    fn attach_orca<T>(&self, response: &mut Response<T>) {
+        use prost::Message;
+        let u = f64::from_bits(self.orca_bits.load(Ordering::SeqCst));
+        if u.is_finite() {
+            let report = lateral_proto::orca::OrcaLoadReport {
+                application_utilization: u,
+                ..Default::default()
+            };
+            response.metadata_mut().insert_bin(
+                lateral_proto::orca::ORCA_TRAILER,
+                tonic::metadata::MetadataValue::from_bytes(&report.encode_to_vec()),
+            );
         }
     }
 
@@ -67,7 +92,9 @@ impl Echo for Backend {
                 format!("{} failed as asked", self.name),
             ));
         }
-        Ok(Response::new(self.reply(&r.message, 0)))
+        let mut response = Response::new(self.reply(&r.message, 0));
+        self.attach_orca(&mut response);
+        Ok(response)
     }
 
     type ServerStreamStream = ReplyStream;
