@@ -36,8 +36,8 @@
 //!   key should keep hitting the same endpoint; each endpoint's share of keys follows its weight, and a
 //!   weight change moves close to the minimum of keys. Balance is only as even as the keys are.
 //! - **[`zone_policy`](Builder::zone_policy)**: backends in several zones where crossing zones costs
-//!   latency or money and each zone is sized for its own clients; spills only when the local zone is
-//!   unhealthy or busy, and does not flap.
+//!   latency or money and each zone is sized for its own clients; spills only what the local zone cannot
+//!   carry (everything when it is unhealthy), and does not flap.
 //! - **[`dynamic_fraction`](Builder::dynamic_fraction)**: adopting Lateral: put 10% of traffic on the
 //!   coordinator's weights, compare the `group="dynamic"` and `group="static"` series, then raise it.
 //!

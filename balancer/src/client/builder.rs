@@ -207,8 +207,9 @@ impl Builder {
     }
 
     /// Zone preference with spillover (see [`zones`](super::zones)): requests go to endpoints of this
-    /// client's [`zone`](Self::zone), renormalised within it, and spill to all zones when the local zone is
-    /// unhealthy or busy, with hysteresis. Requires a zone.
+    /// client's [`zone`](Self::zone), renormalised within it; when the local zone is busy, the part it cannot
+    /// carry spills to the other zones (all of it when the zone is unhealthy), with hysteresis. Requires a
+    /// zone.
     pub fn zone_policy(mut self, policy: ZonePolicy) -> Self {
         self.zone_policy = Some(policy);
         self

@@ -428,7 +428,11 @@ impl Policy {
                 1.0
             },
         };
-        let (mut sum, mut reported) = (0.0, 0usize);
+        // The zone's utilisation: the reports weighted by the coordinator's weights (which follow capacity),
+        // each capped at 2 (a queue of twice the capacity already says "overloaded"; uncapped, one deep queue
+        // reading 20 would make the projection in `ZoneState` spill everything; capped at 1, an overload
+        // would take seconds to show through the time average).
+        let (mut sum, mut weight) = (0.0, 0.0);
         for (i, e) in self.entries.iter().enumerate() {
             if !local[i] {
                 continue;
@@ -442,18 +446,29 @@ impl Policy {
                 signals.healthy += 1;
             }
             if let Some(u) = utilizations[i] {
-                sum += u;
-                reported += 1;
+                sum += base[i] * u.clamp(0.0, 2.0);
+                weight += base[i];
             }
         }
-        if reported > 0 {
-            signals.utilization = Some(sum / reported as f64);
+        if weight > 0.0 {
+            signals.utilization = Some(sum / weight);
         }
         let state = self.zone_state.as_mut()?;
-        let before = state.mode();
+        let (before, keep_before) = (state.mode(), state.keep());
         self.zone_recheck = state.observe(signals, Instant::now());
         let mode = state.mode();
         let keep = state.keep();
+        if keep != keep_before {
+            tracing::debug!(
+                service = %self.shared.service,
+                %zone,
+                healthy = signals.healthy,
+                utilization = signals.utilization.unwrap_or(f64::NAN),
+                projected = state.projected_utilization().unwrap_or(f64::NAN),
+                local_fraction = keep,
+                "zone local fraction"
+            );
+        }
         if mode != before {
             tracing::info!(
                 service = %self.shared.service,

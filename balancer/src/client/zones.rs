@@ -11,8 +11,9 @@
 //! zone equals the client's) whenever it publishes a picker (a snapshot, an ORCA refresh, a dwell deadline):
 //! - *health* `h` = local endpoints that can take traffic (weight > 0 and RAMPING, ACTIVE or unspecified;
 //!   DEGRADED, EJECTED, TRIPPED, DRAINING do not count) ÷ local endpoints;
-//! - *utilisation* `u` = the mean ORCA utilisation of the local endpoints that reported since the last
-//!   snapshot (the agents' in-flight ÷ capacity); unknown when none did.
+//! - *utilisation* `u` = the ORCA utilisation of the local endpoints that reported since the last snapshot
+//!   (the agents' in-flight ÷ capacity), each capped at 2 and weighted by its coordinator weight; unknown
+//!   when none did (the average so far then stands).
 //!
 //! It keeps a *local fraction* `k`, the part of this client's traffic the local zone gets:
 //! - **local** (`k = 1`): only local endpoints get requests, by their weights renormalised within the zone (a
@@ -30,8 +31,12 @@
 //!   fraction, not everything);
 //! - while spilling, `k` follows `return_below_utilization / ū` (steps under 0.02 ignored), or stays at the
 //!   floor while `h < return_at_healthy`;
-//! - spill → local when `h ≥ return_at_healthy` and `ū < return_below_utilization` (or unknown), that is when
-//!   the zone can take all of its traffic back below the return threshold.
+//! - spill → local when `h ≥ return_at_healthy` and `ū < return_below_utilization` (or never measured), that
+//!   is when the zone can take all of its traffic back below the return threshold.
+//!
+//! Past its capacity a zone's readings measure its queue, not its demand, and the projection overstates the
+//! demand: the split then sheds more than needed, the queue drains, the readings measure demand again and
+//! `k` climbs back to what the zone can carry (the cap at 2 bounds the overshoot).
 //!
 //! The enter and exit thresholds differ (hysteresis), and a *mode* change (local ↔ spill) is kept at least
 //! `min_dwell` (tokio time) before the next one; a change held back by the dwell is re-evaluated when the
@@ -183,6 +188,11 @@ impl ZoneState {
         self.keep
     }
 
+    /// The smoothed utilisation the local zone would have with all the traffic, once there is a reading.
+    pub fn projected_utilization(&self) -> Option<f64> {
+        self.utilization.map(|(u, _)| u)
+    }
+
     /// Updates the mode and the local fraction from `signals` at `now`. Returns when to look again if a
     /// mode change is held back by the dwell (the caller re-evaluates then, with fresh signals).
     pub fn observe(&mut self, signals: ZoneSignals, now: Instant) -> Option<Instant> {
@@ -191,11 +201,15 @@ impl ZoneState {
         } else {
             0.0
         };
-        // The zone carried `keep` of the traffic when it reported: project to all of it.
-        let full = signals.utilization.map(|u| {
-            let projected = u / self.keep.max(MIN_PROJECTION_KEEP);
-            self.smooth_utilization(projected, now)
-        });
+        // The zone carried `keep` of the traffic when it reported: project to all of it. No report since
+        // the last snapshot (a spilled zone gets few requests): the average so far stands.
+        let full = match signals.utilization {
+            Some(u) => {
+                let projected = u / self.keep.max(MIN_PROJECTION_KEEP);
+                Some(self.smooth_utilization(projected, now))
+            }
+            None => self.projected_utilization(),
+        };
         let p = self.policy;
         let h = if signals.local == 0 {
             0.0
