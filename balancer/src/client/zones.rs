@@ -71,9 +71,10 @@ pub struct ZonePolicy {
     pub spill_below_healthy: f64,
     /// Return when at least this fraction can (default 0.75; at least `spill_below_healthy`).
     pub return_at_healthy: f64,
-    /// Spill when the local zone's mean ORCA utilisation reaches this (default 0.85).
+    /// Spill when the local zone's ORCA utilisation, averaged over time, reaches this (default 0.85).
     pub spill_at_utilization: f64,
-    /// Return when it is below this (default 0.65; at most `spill_at_utilization`).
+    /// Return when, with all the traffic back, it would be below this (default 0.65; at most
+    /// `spill_at_utilization`). While spilling, the zone keeps the fraction it can carry at this level.
     pub return_below_utilization: f64,
     /// The least time between two mode changes (default 10 s).
     pub min_dwell: Duration,
