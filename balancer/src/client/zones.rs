@@ -253,7 +253,7 @@ impl ZoneState {
         };
         let changes_mode = (wanted >= 1.0) != (self.keep >= 1.0);
         if !changes_mode {
-            if (wanted - self.keep).abs() >= KEEP_STEP || (wanted == floor && self.keep != floor) {
+            if (wanted - self.keep).abs() >= KEEP_STEP || wanted == floor || self.keep < floor {
                 self.keep = wanted;
             }
             return None;
@@ -261,7 +261,11 @@ impl ZoneState {
         let dwell_end = self.since.map(|s| s + p.min_dwell);
         let urgent = wanted < 1.0 && signals.healthy == 0;
         match dwell_end {
-            Some(end) if now < end && !urgent => Some(end),
+            Some(end) if now < end && !urgent => {
+                // Held back: a spill keeps at least the zone's share of the global weights.
+                self.keep = self.keep.max(floor);
+                Some(end)
+            }
             _ => {
                 self.keep = wanted;
                 self.since = Some(now);
@@ -507,6 +511,76 @@ mod tests {
         let mut w = vec![0.0, 0.0, 0.2, 0.4];
         ZoneSplit { keep: 1.0, ..split }.apply(&mut w);
         assert_eq!(w, vec![0.0, 0.0, 0.2, 0.4]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_local_fraction_stays_between_the_share_and_one_and_modes_respect_the_dwell(
+            steps in proptest::collection::vec(
+                (
+                    0usize..5,
+                    0usize..5,
+                    proptest::option::of(proptest::prop_oneof![
+                        -1.0f64..30.0,
+                        proptest::strategy::Just(f64::NAN),
+                        proptest::strategy::Just(f64::INFINITY),
+                    ]),
+                    proptest::prop_oneof![0.0f64..=1.0, proptest::strategy::Just(f64::NAN)],
+                    0u64..3_000,
+                ),
+                1..200,
+            )
+        ) {
+            let dwell = Duration::from_secs(3);
+            let mut z = ZoneState::new(ZonePolicy { min_dwell: dwell, ..ZonePolicy::default() });
+            let mut now = Instant::now();
+            let mut last_change: Option<Instant> = None;
+            for (local, healthy, utilization, share, ms) in steps {
+                now += Duration::from_millis(ms);
+                let healthy = healthy.min(local);
+                let before = z.mode();
+                let signals = ZoneSignals { local, healthy, utilization, local_share: share };
+                let recheck = z.observe(signals, now);
+                let floor = if share.is_finite() { share } else { 0.0 };
+                proptest::prop_assert!(z.keep().is_finite());
+                proptest::prop_assert!(z.keep() <= 1.0 && z.keep() >= floor, "keep {} share {share}", z.keep());
+                proptest::prop_assert!(recheck.is_none_or(|at| at > now));
+                if z.mode() != before {
+                    let urgent = healthy == 0 && z.mode() == ZoneMode::Spill;
+                    if let Some(at) = last_change {
+                        proptest::prop_assert!(urgent || now >= at + dwell);
+                    }
+                    last_change = Some(now);
+                }
+            }
+        }
+
+        #[test]
+        fn a_split_gives_the_local_group_its_fraction_and_keeps_proportions(
+            weights in proptest::collection::vec((0.0f64..10.0, proptest::bool::ANY), 1..12),
+            keep in 0.0f64..=1.0,
+        ) {
+            let split = ZoneSplit { local: weights.iter().map(|(_, l)| *l).collect(), keep };
+            let mut w: Vec<f64> = weights.iter().map(|(w, _)| *w).collect();
+            split.apply(&mut w);
+            let sum = |w: &[f64], local: bool| -> f64 {
+                w.iter().zip(&split.local).filter(|(_, l)| **l == local).map(|(w, _)| w).sum()
+            };
+            let before: Vec<f64> = weights.iter().map(|(w, _)| *w).collect();
+            let (local, remote) = (sum(&before, true), sum(&before, false));
+            proptest::prop_assert!(w.iter().all(|x| x.is_finite() && *x >= 0.0));
+            if local > 0.0 && remote > 0.0 {
+                let total = sum(&w, true) + sum(&w, false);
+                proptest::prop_assert!((sum(&w, true) / total - keep).abs() < 1e-9);
+                for (i, (b, l)) in weights.iter().enumerate() {
+                    let group = if *l { local } else { remote };
+                    let part = if *l { keep } else { 1.0 - keep };
+                    proptest::prop_assert!((w[i] - b / group * part).abs() < 1e-9);
+                }
+            } else {
+                proptest::prop_assert_eq!(w, before);
+            }
+        }
     }
 
     #[test]
