@@ -5,6 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/lateral/v1/coordinator.proto",
         "proto/lateral/demo/v1/echo.proto",
         "proto/xds/data/orca/v3/orca_load_report.proto",
+        "proto/etcd/mvccpb/kv.proto",
+        "proto/etcd/etcdserverpb/rpc.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -9,7 +9,9 @@
 //!   (magic, version, length prefix, bincode-2 body), its messages and a bounded, panic-free decoder;
 //! - [`tls`]: the TLS configurations (mutual TLS from a CA, TLS 1.3, ALPN) both QUIC sides build from, and a
 //!   development CA ([`tls::DevPki`]);
-//! - [`demo`]: a small `Echo` service with every call kind, used by examples, benchmarks and tests.
+//! - [`demo`]: a small `Echo` service with every call kind, used by examples, benchmarks and tests;
+//! - [`etcd`]: the subset of etcd's v3 API used for membership (KV, Watch, Lease; a vendored subset of etcd's
+//!   public protos) and the JSON record an endpoint's key holds ([`etcd::EndpointRecord`]).
 //!
 //! What it does not touch: sockets, QUIC, clocks, tasks (`tls` builds rustls configurations; each side wraps
 //! them for quinn). Encoding and decoding are pure functions over bytes;
@@ -19,6 +21,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod etcd;
 pub mod heartbeat;
 pub mod tls;
 
