@@ -16,6 +16,7 @@ mod decision_log;
 mod dns;
 mod driver;
 pub mod embedded;
+mod etcd;
 mod http;
 mod ingest;
 pub mod metrics;

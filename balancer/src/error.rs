@@ -36,6 +36,14 @@ pub enum Error {
     /// A transport (QUIC, TLS, gRPC) failed.
     #[error("transport error: {0}")]
     Transport(String),
+    /// An etcd endpoint source could not reach etcd or lost its watch (the source retries).
+    #[error("etcd {call}: {detail}")]
+    Etcd {
+        /// What was being done: connect, Range, Watch.
+        call: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
     /// An I/O operation failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -49,7 +57,7 @@ impl From<Error> for tonic::Status {
                 tonic::Status::failed_precondition(message)
             }
             Error::UnknownService(_) => tonic::Status::not_found(message),
-            Error::NoEndpoint { .. } | Error::Transport(_) | Error::Io(_) => {
+            Error::NoEndpoint { .. } | Error::Transport(_) | Error::Etcd { .. } | Error::Io(_) => {
                 tonic::Status::unavailable(message)
             }
         }

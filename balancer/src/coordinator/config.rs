@@ -35,6 +35,10 @@
 //!   grpc_port = 50051
 //!   agent_port = 7443
 //!   refresh_ms = 10000
+//!
+//!   [[service.etcd]]                     # endpoints agents register in etcd (`lateral-agent --etcd`)
+//!   endpoints = ["http://127.0.0.1:2379"]
+//!   prefix = "/lateral/services/greeter/"  # the default: /lateral/services/<service name>/
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -127,6 +131,9 @@ pub struct ServiceConfig {
     /// Endpoints from DNS names, re-resolved periodically.
     #[serde(default)]
     pub dns: Vec<DnsSourceConfig>,
+    /// Endpoints registered in etcd, listed and watched.
+    #[serde(default)]
+    pub etcd: Vec<EtcdSourceConfig>,
 }
 
 /// One endpoint of a service.
@@ -168,6 +175,31 @@ pub struct DnsSourceConfig {
     /// Labels given to every endpoint of this name.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+/// A prefix in etcd under which agents register the service's endpoints (see `lateral_proto::etcd`): each key
+/// `<prefix><id>` holds an endpoint record and lives as long as its agent's lease.
+///
+/// The coordinator lists the prefix, then watches it from the listed revision, so every registration and
+/// departure reaches it within one round trip. When etcd is unreachable it keeps the last endpoints and
+/// retries with a jittered backoff (0.5 s doubling to 10 s), listing again on reconnection. Plain HTTP/2 to
+/// etcd (a loopback or private-network etcd); TLS to etcd is not supported yet.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSourceConfig {
+    /// etcd client URLs, `http://host:port`, tried in turn.
+    pub endpoints: Vec<String>,
+    /// The key prefix (default `/lateral/services/<service name>/`; must end with `/`).
+    pub prefix: Option<String>,
+}
+
+impl EtcdSourceConfig {
+    /// The prefix for `service`: the configured one or the default.
+    pub fn prefix_for(&self, service: &str) -> String {
+        self.prefix
+            .clone()
+            .unwrap_or_else(|| lateral_proto::etcd::default_prefix(service))
+    }
 }
 
 fn default_refresh_ms() -> u64 {
@@ -243,10 +275,11 @@ impl CoordinatorConfig {
                     format!("a unique service name; `{}` appears twice", service.name),
                 ));
             }
-            if service.endpoints.is_empty() && service.dns.is_empty() {
+            if service.endpoints.is_empty() && service.dns.is_empty() && service.etcd.is_empty() {
                 return Err(bad(
                     format!("{at}.endpoint"),
-                    "at least one [[service.endpoint]] or [[service.dns]] source".into(),
+                    "at least one [[service.endpoint]], [[service.dns]] or [[service.etcd]] source"
+                        .into(),
                 ));
             }
             let mut ids = BTreeSet::new();
@@ -293,6 +326,30 @@ impl CoordinatorConfig {
                     ));
                 }
             }
+            for (k, etcd) in service.etcd.iter().enumerate() {
+                let at = format!("{at}.etcd[{k}]");
+                if etcd.endpoints.is_empty() {
+                    return Err(bad(
+                        format!("{at}.endpoints"),
+                        "at least one etcd URL, like \"http://127.0.0.1:2379\"".into(),
+                    ));
+                }
+                for (u, url) in etcd.endpoints.iter().enumerate() {
+                    check_etcd_url(url)
+                        .map_err(|expected| bad(format!("{at}.endpoints[{u}]"), expected))?;
+                }
+                if let Some(prefix) = &etcd.prefix
+                    && (!prefix.ends_with('/') || prefix.len() < 2)
+                {
+                    return Err(bad(
+                        format!("{at}.prefix"),
+                        format!(
+                            "a key prefix ending with '/', like \"/lateral/services/{}/\", found {prefix:?}",
+                            service.name
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -304,6 +361,17 @@ impl CoordinatorConfig {
 }
 
 /// Accepts `http://host:port` or `https://host:port` (a bare `host:port` is taken as http).
+/// Whether `url` is an etcd client URL this coordinator can dial.
+fn check_etcd_url(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Err(format!(
+            "an http:// etcd URL (TLS to etcd is not supported yet; run etcd on loopback or a private network), found {url:?}"
+        ));
+    }
+    check_grpc_address(url)
+        .map_err(|_| format!("an etcd URL like \"http://127.0.0.1:2379\", found {url:?}"))
+}
+
 fn check_grpc_address(address: &str) -> Result<(), String> {
     let uri: http::Uri = normalise_grpc_address(address)
         .parse()
@@ -360,6 +428,44 @@ mod tests {
         CoordinatorConfig::parse(text, "bad.toml")
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn an_etcd_source_is_enough_and_is_checked() {
+        let etcd_only = r#"
+            [tls]
+            insecure_dev = true
+            [[service]]
+            name = "greeter"
+            [[service.etcd]]
+            endpoints = ["http://127.0.0.1:2379", "127.0.0.1:22379"]
+        "#;
+        let c = CoordinatorConfig::parse(etcd_only, "etcd.toml").unwrap();
+        assert_eq!(
+            c.services[0].etcd[0].prefix_for("greeter"),
+            "/lateral/services/greeter/"
+        );
+        let cases = [
+            ("endpoints = []", "service[0].etcd[0].endpoints"),
+            ("endpoints = [\"https://127.0.0.1:2379\"]", "TLS to etcd"),
+            ("endpoints = [\"http://\"]", "etcd[0].endpoints[0]"),
+            (
+                "endpoints = [\"http://127.0.0.1:2379\"]\nprefix = \"/no-slash\"",
+                "etcd[0].prefix",
+            ),
+            (
+                "endpoints = [\"http://127.0.0.1:2379\"]\ntimeout = 3",
+                "unknown field",
+            ),
+        ];
+        for (body, want) in cases {
+            let text = etcd_only.replace(
+                "endpoints = [\"http://127.0.0.1:2379\", \"127.0.0.1:22379\"]",
+                body,
+            );
+            let e = error_of(&text);
+            assert!(e.contains(want), "{body}: {e}");
+        }
     }
 
     #[test]

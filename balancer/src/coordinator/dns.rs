@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::config::{DnsSourceConfig, EndpointConfig};
-use super::driver::Command;
+use super::driver::{Command, EndpointSource};
 
 pub(crate) async fn run(
     service: String,
@@ -48,7 +48,7 @@ pub(crate) async fn run(
         if commands
             .send(Command::Resolved {
                 service: service.clone(),
-                source,
+                source: EndpointSource::Dns(source),
                 endpoints,
             })
             .await

@@ -25,10 +25,10 @@ pub type WeightsReceiver = watch::Receiver<Option<Arc<WeightSnapshot>>>;
 pub(crate) enum Command {
     /// Apply a new, already validated configuration.
     Reload(Box<CoordinatorConfig>, oneshot::Sender<()>),
-    /// A DNS source resolved to this set of endpoints.
+    /// A dynamic source (DNS, etcd) found this set of endpoints.
     Resolved {
         service: String,
-        source: usize,
+        source: EndpointSource,
         endpoints: Vec<EndpointConfig>,
     },
     /// Subscribe to a service's weights.
@@ -64,10 +64,30 @@ pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// Where an endpoint of a service came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndpointSource {
+    /// Listed in the configuration.
+    Static,
+    /// The service's i-th `[[service.dns]]` source.
+    Dns(usize),
+    /// The service's i-th `[[service.etcd]]` source.
+    Etcd(usize),
+}
+
+impl std::fmt::Display for EndpointSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Static => f.write_str("the configuration"),
+            Self::Dns(i) => write!(f, "DNS source {i}"),
+            Self::Etcd(i) => write!(f, "etcd source {i}"),
+        }
+    }
+}
+
 struct RunningEndpoint {
     config: EndpointConfig,
-    /// `None` for static endpoints, `Some(i)` for endpoints from the service's i-th DNS source.
-    dns_source: Option<usize>,
+    source: EndpointSource,
     ingest: JoinHandle<()>,
 }
 
@@ -81,7 +101,8 @@ struct ServiceRuntime {
     name: Arc<str>,
     engine: Engine,
     endpoints: BTreeMap<Arc<str>, RunningEndpoint>,
-    dns_tasks: Vec<JoinHandle<()>>,
+    /// The DNS and etcd source tasks.
+    source_tasks: Vec<JoinHandle<()>>,
     weights: watch::Sender<Option<Arc<WeightSnapshot>>>,
     /// The engine table version last published.
     engine_version: u64,
@@ -91,7 +112,7 @@ struct ServiceRuntime {
 
 impl Drop for ServiceRuntime {
     fn drop(&mut self) {
-        for task in &self.dns_tasks {
+        for task in &self.source_tasks {
             task.abort();
         }
     }
@@ -332,6 +353,12 @@ impl Driver {
             if rebuild {
                 self.install_service(service_config, &config, now);
             } else {
+                let sources_changed = self.config.service(&service_config.name).is_none_or(|old| {
+                    old.dns != service_config.dns || old.etcd != service_config.etcd
+                });
+                if sources_changed {
+                    self.restart_sources(service_config);
+                }
                 self.reconcile_static(service_config, now);
             }
         }
@@ -366,25 +393,74 @@ impl Driver {
             name: name.clone(),
             engine,
             endpoints: BTreeMap::new(),
-            dns_tasks: Vec::new(),
+            source_tasks: Vec::new(),
             weights,
             engine_version: u64::MAX,
             published_version,
         };
         for endpoint in &service.endpoints {
-            add_endpoint(&mut runtime, &self.ingest, endpoint.clone(), None, now);
+            add_endpoint(
+                &mut runtime,
+                &self.ingest,
+                endpoint.clone(),
+                EndpointSource::Static,
+                now,
+            );
         }
+        runtime.source_tasks = self.spawn_sources(service);
+        self.services.insert(service.name.clone(), runtime);
+        self.publish(&service.name, false);
+    }
+
+    /// Starts the service's DNS and etcd source tasks.
+    fn spawn_sources(&self, service: &ServiceConfig) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
         for (index, source) in service.dns.iter().enumerate() {
-            let commands = self.command_sender.clone();
-            runtime.dns_tasks.push(tokio::spawn(super::dns::run(
+            tasks.push(tokio::spawn(super::dns::run(
                 service.name.clone(),
                 index,
                 source.clone(),
-                commands,
+                self.command_sender.clone(),
             )));
         }
-        self.services.insert(service.name.clone(), runtime);
-        self.publish(&service.name, false);
+        for (index, source) in service.etcd.iter().enumerate() {
+            tasks.push(tokio::spawn(super::etcd::run(
+                service.name.clone(),
+                index,
+                source.clone(),
+                self.command_sender.clone(),
+            )));
+        }
+        tasks
+    }
+
+    /// Restarts the dynamic sources of a service whose DNS or etcd configuration changed on reload; their
+    /// endpoints stay until the new sources report (a reload never empties a service by itself).
+    fn restart_sources(&mut self, service: &ServiceConfig) {
+        let tasks = self.spawn_sources(service);
+        let Some(runtime) = self.services.get_mut(&service.name) else {
+            return;
+        };
+        for task in std::mem::replace(&mut runtime.source_tasks, tasks) {
+            task.abort();
+        }
+        let (dns, etcd) = (service.dns.len(), service.etcd.len());
+        let orphaned: Vec<Arc<str>> = runtime
+            .endpoints
+            .iter()
+            .filter(|(_, e)| match e.source {
+                EndpointSource::Static => false,
+                EndpointSource::Dns(i) => i >= dns,
+                EndpointSource::Etcd(i) => i >= etcd,
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let now = now();
+        for id in orphaned {
+            tracing::info!(service = %service.name, endpoint = %id, "endpoint's source removed by a reload; removing");
+            runtime.engine.remove_endpoint(now, &id);
+            runtime.endpoints.remove(&id);
+        }
     }
 
     fn reconcile_static(&mut self, service: &ServiceConfig, now: Instant) {
@@ -399,7 +475,7 @@ impl Driver {
         let stale: Vec<Arc<str>> = runtime
             .endpoints
             .iter()
-            .filter(|(id, e)| e.dns_source.is_none() && !wanted.contains_key(&***id))
+            .filter(|(id, e)| e.source == EndpointSource::Static && !wanted.contains_key(&***id))
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
@@ -412,14 +488,27 @@ impl Driver {
                 .get(endpoint.id.as_str())
                 .is_some_and(|e| e.config == *endpoint);
             if !unchanged {
-                add_endpoint(runtime, &self.ingest, endpoint.clone(), None, now);
+                add_endpoint(
+                    runtime,
+                    &self.ingest,
+                    endpoint.clone(),
+                    EndpointSource::Static,
+                    now,
+                );
             }
         }
         let name = service.name.clone();
         self.publish(&name, false);
     }
 
-    fn apply_resolved(&mut self, service: &str, source: usize, endpoints: Vec<EndpointConfig>) {
+    /// Applies what a dynamic source found: its endpoints that are gone are removed, new ones added, changed
+    /// ones replaced. An id another source already holds keeps its first owner (logged).
+    fn apply_resolved(
+        &mut self,
+        service: &str,
+        source: EndpointSource,
+        endpoints: Vec<EndpointConfig>,
+    ) {
         let now = now();
         let Some(runtime) = self.services.get_mut(service) else {
             return;
@@ -429,18 +518,28 @@ impl Driver {
         let gone: Vec<Arc<str>> = runtime
             .endpoints
             .iter()
-            .filter(|(id, e)| e.dns_source == Some(source) && !wanted.contains_key(&***id))
+            .filter(|(id, e)| e.source == source && !wanted.contains_key(&***id))
             .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
-            tracing::info!(service, endpoint = %id, "endpoint no longer in DNS; removing");
+            tracing::info!(service, endpoint = %id, %source, "endpoint no longer listed by its source; removing");
             runtime.engine.remove_endpoint(now, &id);
             runtime.endpoints.remove(&id);
         }
         for (id, endpoint) in wanted {
-            if !runtime.endpoints.contains_key(id.as_str()) {
-                tracing::info!(service, endpoint = %id, "endpoint found in DNS; adding");
-                add_endpoint(runtime, &self.ingest, endpoint, Some(source), now);
+            match runtime.endpoints.get(id.as_str()) {
+                Some(running) if running.source != source => {
+                    tracing::warn!(service, endpoint = %id, %source, owner = %running.source, "endpoint id already held by another source; ignoring this one");
+                }
+                Some(running) if running.config == endpoint => {}
+                Some(_) => {
+                    tracing::info!(service, endpoint = %id, %source, "endpoint changed at its source; replacing");
+                    add_endpoint(runtime, &self.ingest, endpoint, source, now);
+                }
+                None => {
+                    tracing::info!(service, endpoint = %id, %source, "endpoint found by its source; adding");
+                    add_endpoint(runtime, &self.ingest, endpoint, source, now);
+                }
             }
         }
         self.publish(service, false);
@@ -455,7 +554,7 @@ fn add_endpoint(
     runtime: &mut ServiceRuntime,
     ingest: &IngestSettings,
     config: EndpointConfig,
-    dns_source: Option<usize>,
+    source: EndpointSource,
     now: Instant,
 ) {
     runtime.engine.upsert_endpoint(
@@ -480,7 +579,7 @@ fn add_endpoint(
         id,
         RunningEndpoint {
             config,
-            dns_source,
+            source,
             ingest: task,
         },
     );

@@ -1,0 +1,370 @@
+//! An etcd endpoint source: lists the endpoints agents registered under a prefix, then watches the prefix and
+//! reports every change (see [`EtcdSourceConfig`] and `lateral_proto::etcd` for the key layout and record).
+//!
+//! One task per `[[service.etcd]]`: a session dials the first reachable URL, lists the prefix (at most
+//! [`MAX_ENDPOINTS`] keys), reports the set, and opens a watch from the listed revision + 1, so nothing between
+//! the list and the watch is missed. Any failure (etcd down, the watch cancelled or compacted, a dead
+//! connection caught by HTTP/2 keep-alives) ends the session: the last endpoints stay, and a new session
+//! starts after a jittered backoff (0.5 s doubling to 10 s, reset by a successful list). A record that does not
+//! decode, or whose id is not its key's last segment, is logged with its key and left out.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lateral_proto::etcd::etcdserverpb::kv_client::KvClient;
+use lateral_proto::etcd::etcdserverpb::watch_client::WatchClient;
+use lateral_proto::etcd::etcdserverpb::watch_request::RequestUnion;
+use lateral_proto::etcd::etcdserverpb::{RangeRequest, WatchCreateRequest, WatchRequest};
+use lateral_proto::etcd::mvccpb::{self, event::EventType};
+use lateral_proto::etcd::{EndpointRecord, prefix_range_end};
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use super::config::{EndpointConfig, EtcdSourceConfig, normalise_grpc_address};
+use super::driver::{Command, EndpointSource};
+use crate::Error;
+
+/// The most endpoints one source reports (keys beyond it are ignored, with a warning).
+pub const MAX_ENDPOINTS: usize = 10_000;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// Runs the source until the driver goes away.
+pub(crate) async fn run(
+    service: String,
+    index: usize,
+    config: EtcdSourceConfig,
+    commands: mpsc::WeakSender<Command>,
+) {
+    let prefix = config.prefix_for(&service);
+    let mut session = Session {
+        service,
+        source: EndpointSource::Etcd(index),
+        members: Members::new(prefix.clone().into_bytes()),
+        commands,
+        reported: None,
+    };
+    let mut backoff = BACKOFF_MIN;
+    let mut first_url = 0usize;
+    let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
+    loop {
+        let outcome = session
+            .run(&config.endpoints, first_url, &mut backoff)
+            .await;
+        match outcome {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(service = %session.service, %prefix, error = %e, retry_in_ms = backoff.as_millis() as u64, "etcd source: keeping the last endpoints and retrying");
+            }
+        }
+        first_url = first_url.wrapping_add(1);
+        let jittered = backoff.mul_f64(rng.random_range(0.5..=1.0));
+        tokio::time::sleep(jittered).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+struct Session {
+    service: String,
+    source: EndpointSource,
+    members: Members,
+    commands: mpsc::WeakSender<Command>,
+    /// The set last sent to the driver (nothing is sent when a change leaves it the same).
+    reported: Option<Vec<EndpointConfig>>,
+}
+
+impl Session {
+    /// One session: connect, list, watch. `Ok(())` when the driver is gone (stop), `Err` to retry.
+    async fn run(
+        &mut self,
+        urls: &[String],
+        first: usize,
+        backoff: &mut Duration,
+    ) -> Result<(), Error> {
+        let channel = connect(urls, first).await?;
+        let prefix = self.members.prefix.clone();
+        let range_end = prefix_range_end(&prefix);
+        let listed = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            KvClient::new(channel.clone()).range(RangeRequest {
+                key: prefix.clone(),
+                range_end: range_end.clone(),
+                limit: MAX_ENDPOINTS as i64 + 1,
+                ..Default::default()
+            }),
+        )
+        .await
+        .map_err(|_| call_error("Range", "timed out"))?
+        .map_err(|s| call_error("Range", s.message()))?
+        .into_inner();
+        let revision = listed.header.map_or(0, |h| h.revision);
+        if listed.more || listed.kvs.len() > MAX_ENDPOINTS {
+            tracing::warn!(service = %self.service, count = listed.count, limit = MAX_ENDPOINTS, "etcd source: more keys than the limit; the rest are ignored");
+        }
+        let kvs = listed.kvs.into_iter().take(MAX_ENDPOINTS);
+        self.members.replace_all(kvs.map(|kv| (kv.key, kv.value)));
+        *backoff = BACKOFF_MIN;
+        if !self.report().await {
+            return Ok(());
+        }
+
+        // The request side stays open for the session: etcd ends a watch whose request stream closes.
+        let (requests, request_rx) = mpsc::channel(1);
+        let create = WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: prefix,
+                range_end,
+                start_revision: revision + 1,
+                ..Default::default()
+            })),
+        };
+        requests
+            .send(create)
+            .await
+            .map_err(|_| call_error("Watch", "request stream closed"))?;
+        let mut responses = WatchClient::new(channel)
+            .watch(ReceiverStream::new(request_rx))
+            .await
+            .map_err(|s| call_error("Watch", s.message()))?
+            .into_inner();
+        loop {
+            let response = responses
+                .message()
+                .await
+                .map_err(|s| call_error("Watch", s.message()))?
+                .ok_or_else(|| call_error("Watch", "the stream ended"))?;
+            if response.canceled {
+                let why = if response.compact_revision > 0 {
+                    format!(
+                        "revision {} was compacted (listing again)",
+                        response.compact_revision
+                    )
+                } else {
+                    response.cancel_reason
+                };
+                return Err(call_error("Watch", &format!("cancelled by etcd: {why}")));
+            }
+            let mut changed = false;
+            for event in response.events {
+                changed |= self.members.apply(event);
+            }
+            if changed && !self.report().await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends the current set if it differs from the last one sent; `false` when the driver is gone.
+    async fn report(&mut self) -> bool {
+        let endpoints = self.members.endpoints();
+        if self.reported.as_ref() == Some(&endpoints) {
+            return true;
+        }
+        let Some(commands) = self.commands.upgrade() else {
+            return false;
+        };
+        let sent = commands
+            .send(Command::Resolved {
+                service: self.service.clone(),
+                source: self.source,
+                endpoints: endpoints.clone(),
+            })
+            .await
+            .is_ok();
+        self.reported = Some(endpoints);
+        sent
+    }
+}
+
+fn call_error(call: &'static str, detail: &str) -> Error {
+    Error::Etcd {
+        call,
+        detail: detail.to_string(),
+    }
+}
+
+/// Dials the URLs in turn from `first`; the first that connects wins.
+async fn connect(urls: &[String], first: usize) -> Result<Channel, Error> {
+    let mut failures = Vec::new();
+    for k in 0..urls.len() {
+        let url = &urls[(first + k) % urls.len()];
+        let endpoint = match Endpoint::from_shared(normalise_grpc_address(url)) {
+            Ok(e) => e,
+            Err(e) => {
+                failures.push(format!("{url}: {e}"));
+                continue;
+            }
+        };
+        let endpoint = endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true);
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(e) => failures.push(format!("{url}: {e}")),
+        }
+    }
+    Err(call_error(
+        "connect",
+        &format!("no URL reachable: {}", failures.join("; ")),
+    ))
+}
+
+/// The valid records under a prefix, by key. Pure: fed keys and values, it says what the endpoint set is.
+#[derive(Debug)]
+pub(crate) struct Members {
+    prefix: Vec<u8>,
+    by_key: BTreeMap<Vec<u8>, EndpointConfig>,
+}
+
+impl Members {
+    pub(crate) fn new(prefix: Vec<u8>) -> Self {
+        Self {
+            prefix,
+            by_key: BTreeMap::new(),
+        }
+    }
+
+    /// Replaces everything with a fresh listing.
+    pub(crate) fn replace_all(&mut self, kvs: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) {
+        self.by_key.clear();
+        for (key, value) in kvs {
+            if let Some(endpoint) = self.parse(&key, &value) {
+                self.by_key.insert(key, endpoint);
+            }
+        }
+    }
+
+    /// Applies one watch event; returns whether the set may have changed.
+    pub(crate) fn apply(&mut self, event: mvccpb::Event) -> bool {
+        let Some(kv) = event.kv else {
+            return false;
+        };
+        if event.r#type == EventType::Delete as i32 {
+            return self.by_key.remove(&kv.key).is_some();
+        }
+        if self.by_key.len() >= MAX_ENDPOINTS && !self.by_key.contains_key(&kv.key) {
+            tracing::warn!(key = %String::from_utf8_lossy(&kv.key), limit = MAX_ENDPOINTS, "etcd source: endpoint limit reached; key ignored");
+            return false;
+        }
+        match self.parse(&kv.key, &kv.value) {
+            Some(endpoint) => {
+                let changed = self.by_key.get(&kv.key) != Some(&endpoint);
+                self.by_key.insert(kv.key, endpoint);
+                changed
+            }
+            // An invalid value replaces a valid one: the key no longer describes a usable endpoint.
+            None => self.by_key.remove(&kv.key).is_some(),
+        }
+    }
+
+    /// The endpoints, in key order.
+    pub(crate) fn endpoints(&self) -> Vec<EndpointConfig> {
+        self.by_key.values().cloned().collect()
+    }
+
+    fn parse(&self, key: &[u8], value: &[u8]) -> Option<EndpointConfig> {
+        let shown = String::from_utf8_lossy(key);
+        let record = match EndpointRecord::decode(value) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(key = %shown, error = %e, "etcd source: endpoint record refused");
+                return None;
+            }
+        };
+        let suffix = key.strip_prefix(self.prefix.as_slice()).unwrap_or(key);
+        if suffix != record.id.as_bytes() {
+            tracing::warn!(key = %shown, id = %record.id, "etcd source: endpoint record refused: its id is not its key's last segment (`<prefix><id>`)");
+            return None;
+        }
+        Some(EndpointConfig {
+            id: record.id,
+            address: record.address,
+            agent: record.agent,
+            zone: record.zone,
+            labels: record.labels,
+            static_weight: record.static_weight,
+            declared_capacity: record.declared_capacity,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(id: &str, port: u16) -> Vec<u8> {
+        format!(r#"{{"id":"{id}","address":"http://127.0.0.1:{port}","agent":"127.0.0.1:{port}"}}"#)
+            .into_bytes()
+    }
+
+    fn put(key: &str, value: Vec<u8>) -> mvccpb::Event {
+        mvccpb::Event {
+            r#type: EventType::Put as i32,
+            kv: Some(mvccpb::KeyValue {
+                key: key.as_bytes().to_vec(),
+                value,
+                ..Default::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    fn delete(key: &str) -> mvccpb::Event {
+        mvccpb::Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(mvccpb::KeyValue {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    fn ids(m: &Members) -> Vec<String> {
+        m.endpoints().into_iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn a_listing_keeps_the_valid_records_and_leaves_out_the_rest() {
+        let mut m = Members::new(b"/svc/".to_vec());
+        m.replace_all([
+            (b"/svc/a".to_vec(), value("a", 1)),
+            (b"/svc/b".to_vec(), b"{not json".to_vec()),
+            (b"/svc/c".to_vec(), value("someone-else", 3)),
+            (b"/svc/d".to_vec(), value("d", 4)),
+        ]);
+        assert_eq!(ids(&m), ["a", "d"]);
+        let a = &m.endpoints()[0];
+        assert_eq!(a.address, "http://127.0.0.1:1");
+        assert_eq!(a.agent, "127.0.0.1:1".parse().unwrap());
+    }
+
+    #[test]
+    fn events_add_change_and_remove() {
+        let mut m = Members::new(b"/svc/".to_vec());
+        assert!(m.apply(put("/svc/a", value("a", 1))));
+        assert!(
+            !m.apply(put("/svc/a", value("a", 1))),
+            "same record: no change"
+        );
+        assert!(m.apply(put("/svc/a", value("a", 2))), "moved");
+        assert_eq!(m.endpoints()[0].agent.port(), 2);
+        assert!(m.apply(put("/svc/b", value("b", 3))));
+        // A valid record overwritten with garbage no longer describes an endpoint.
+        assert!(m.apply(put("/svc/b", b"garbage".to_vec())));
+        assert_eq!(ids(&m), ["a"]);
+        assert!(m.apply(delete("/svc/a")));
+        assert!(!m.apply(delete("/svc/a")));
+        assert!(m.endpoints().is_empty());
+        // An event without a key-value is ignored.
+        assert!(!m.apply(mvccpb::Event::default()));
+    }
+}
