@@ -135,6 +135,7 @@ pub fn coordinator_config(
         name: "svc".into(),
         endpoints,
         dns: vec![],
+        etcd: vec![],
     }];
     config
 }

@@ -117,6 +117,7 @@ impl Cluster {
                 })
                 .collect(),
             dns: vec![],
+            etcd: vec![],
         }];
         Ok(config)
     }

@@ -147,6 +147,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .collect(),
         dns: vec![],
+        etcd: vec![],
     }];
     let coordinator = Coordinator::start(config).await?;
     let weights = coordinator.subscribe("echo").await?;

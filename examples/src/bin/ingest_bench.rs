@@ -140,6 +140,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .collect(),
         dns: vec![],
+        etcd: vec![],
     }];
 
     // The coordinator: one thread.
