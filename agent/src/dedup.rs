@@ -5,14 +5,19 @@
 //! [`crate::layer::LoadLayer::with_dedup`] consults a [`DedupStore`] before calling the service and answers a
 //! duplicate with `ALREADY_EXISTS` itself.
 //!
-//! The store is a trait with an async answer so a shared store (Redis `SET id 1 NX PX window`) can be
-//! plugged in later; [`InMemoryDedup`] is the single-process store: an exact sliding window over the last
-//! `window` of ids, bounded by `max_entries` (when full, the oldest id is evicted first, so under a flood the
-//! effective window shrinks instead of memory growing).
+//! This module owns the [`DedupStore`] trait (an async answer, so a store may be remote) and two stores:
+//! - [`InMemoryDedup`], the single-process store: an exact sliding window over the last `window` of ids,
+//!   bounded by `max_entries` (when full, the oldest id is evicted first, so under a flood the effective
+//!   window shrinks instead of memory growing). Enough when every attempt of a request reaches the same
+//!   agent.
+//! - [`RedisDedup`] (in `dedup/redis.rs`), the shared store: `SET <prefix><id> 1 NX PX <window>` on one
+//!   Redis, so several agents — several proxies in front of one backend, or every endpoint of a service —
+//!   share the window and a retry that lands on another agent is still caught. Each check is bounded by a
+//!   timeout (50 ms by default); see [`RedisDedup`] for the key layout and the failure modes.
 //!
-//! Ids are stored as 64-bit SipHash values with a per-process random key, not as strings: memory per entry is
-//! constant whatever the header length. Two distinct ids collide with probability about `n / 2^64` per lookup
-//! (n = entries held), negligible at the bounded sizes used here.
+//! In [`InMemoryDedup`], ids are stored as 64-bit SipHash values with a per-process random key, not as
+//! strings: memory per entry is constant whatever the header length. Two distinct ids collide with
+//! probability about `n / 2^64` per lookup (n = entries held), negligible at the bounded sizes used here.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -26,6 +31,12 @@ use tokio::time::Instant;
 
 use crate::Error;
 use crate::recorder::{Clock, TokioClock};
+
+mod redis;
+pub use redis::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_TIMEOUT, MAX_KEY_PREFIX, MAX_VERBATIM_ID,
+    MAX_WINDOW, RedisDedup, RedisDedupOptions, RedisUrl, fnv1a_128, key_for,
+};
 
 /// The request header carrying Lateral's request id.
 pub const REQUEST_ID_HEADER: &str = "x-lateral-request-id";
