@@ -2,7 +2,8 @@
 //!
 //! Every flag that takes a value can also be set through the environment variable named in `--help`
 //! (a flag on the command line wins). [`ReportArgs::validate`] turns the flags into the typed settings the
-//! binary runs with, or an [`Error::Config`] that names the flag at fault.
+//! binary runs with, or an [`Error::Config`] that names the flag at fault; [`DedupArgs::validate`] does the
+//! same for proxy mode's request-id dedup (in memory, or shared through Redis).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use lateral_proto::heartbeat::capability;
 use lateral_proto::tls::{TlsFiles, TlsMode};
 
 use crate::Error;
+use crate::dedup::{self, RedisDedupOptions, RedisUrl};
 use crate::reporter::ReporterOptions;
 
 const AFTER_HELP: &str = "\
@@ -24,6 +26,9 @@ Examples:
   lateral-agent proxy --listen 127.0.0.1:50052 --upstream http://127.0.0.1:50051 \\
       --endpoint-id checkout-1 --quic-listen 0.0.0.0:7443 \\
       --ca certs/ca.pem --cert certs/agent.pem --key certs/agent-key.pem --orca
+
+  # 2b. Several proxies in front of one backend: reject a retry that any of them already received
+  lateral-agent proxy ... --dedup-window-ms 60000 --dedup-redis redis://10.0.0.5:6379/0
 
   # 3. Poll a backend's JSON load endpoint instead (any language, no proxy hop)
   lateral-agent poll --url http://127.0.0.1:9090/load --endpoint-id search-2 --insecure-dev
@@ -74,6 +79,122 @@ pub struct ProxyArgs {
     /// Reporting, TLS and drain options.
     #[command(flatten)]
     pub report: ReportArgs,
+    /// Request-id dedup options.
+    #[command(flatten)]
+    pub dedup: DedupArgs,
+}
+
+/// Proxy mode's request-id dedup ([`crate::dedup`]): off unless `--dedup-window-ms` is given.
+#[derive(Args)]
+#[command(next_help_heading = "Request-id dedup")]
+pub struct DedupArgs {
+    /// Reject a request whose x-lateral-request-id was already received within this many milliseconds:
+    /// answer ALREADY_EXISTS without calling the backend (Lateral's balancer stamps the id and keeps it
+    /// when it retries). Off unless given. The window is kept in this process unless --dedup-redis is given.
+    #[arg(long, env = "LATERAL_AGENT_DEDUP_WINDOW_MS", value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub dedup_window_ms: Option<u64>,
+    /// In-memory dedup: remember at most this many ids (the oldest go first, so a flood shortens the
+    /// window instead of growing memory).
+    #[arg(long, env = "LATERAL_AGENT_DEDUP_MAX_ENTRIES", default_value_t = 100_000, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000), conflicts_with = "dedup_redis")]
+    pub dedup_max_entries: u32,
+    /// Keep the dedup window in Redis (`redis://[user:password@]host[:port][/db]` or
+    /// `redis+unix:///path/to/redis.sock`) instead of this process. Use it when several agents must share the
+    /// window: a backend behind several proxies, or a service whose retries may land on another endpoint's
+    /// agent. Every agent sharing the window uses the same Redis and --dedup-redis-prefix. The agent exits if
+    /// Redis is unreachable at start-up; afterwards a check that fails or exceeds --dedup-redis-timeout-ms
+    /// lets the request through and logs a warning.
+    #[arg(
+        long,
+        env = "LATERAL_AGENT_DEDUP_REDIS",
+        value_name = "URL",
+        requires = "dedup_window_ms",
+        hide_env_values = true
+    )]
+    pub dedup_redis: Option<String>,
+    /// Bound on one Redis check, in milliseconds; a slower answer lets the request through.
+    #[arg(long, env = "LATERAL_AGENT_DEDUP_REDIS_TIMEOUT_MS", default_value_t = 50, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=10_000), requires = "dedup_redis")]
+    pub dedup_redis_timeout_ms: u64,
+    /// Prefix of every Redis key (at most 256 bytes).
+    #[arg(long, env = "LATERAL_AGENT_DEDUP_REDIS_PREFIX", default_value = dedup::DEFAULT_KEY_PREFIX,
+          value_name = "PREFIX", requires = "dedup_redis")]
+    pub dedup_redis_prefix: String,
+}
+
+/// By hand, so the Redis URL's credentials never reach a log.
+impl std::fmt::Debug for DedupArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DedupArgs")
+            .field("dedup_window_ms", &self.dedup_window_ms)
+            .field("dedup_max_entries", &self.dedup_max_entries)
+            .field(
+                "dedup_redis",
+                &self.dedup_redis.as_ref().map(|_| "<redacted>"),
+            )
+            .field("dedup_redis_timeout_ms", &self.dedup_redis_timeout_ms)
+            .field("dedup_redis_prefix", &self.dedup_redis_prefix)
+            .finish()
+    }
+}
+
+/// Where proxy mode keeps its request-id dedup window.
+#[derive(Debug, Clone)]
+pub enum DedupSettings {
+    /// In this process ([`dedup::InMemoryDedup`]).
+    InMemory {
+        /// How long an id is remembered.
+        window: Duration,
+        /// At most this many ids.
+        max_entries: usize,
+    },
+    /// In Redis, shared with every agent using the same server and prefix ([`dedup::RedisDedup`]).
+    Redis {
+        /// The server.
+        url: RedisUrl,
+        /// Window, key prefix and timeouts.
+        options: RedisDedupOptions,
+    },
+}
+
+impl DedupArgs {
+    /// The dedup settings, or `None` when dedup is off. Checks without connecting.
+    pub fn validate(&self) -> Result<Option<DedupSettings>, Error> {
+        let Some(window_ms) = self.dedup_window_ms else {
+            // clap's `requires` refuses this already; kept for callers that build the struct themselves.
+            if self.dedup_redis.is_some() {
+                return Err(Error::Config {
+                    field: "--dedup-window-ms".to_owned(),
+                    expected: "a dedup window, since --dedup-redis is given".to_owned(),
+                });
+            }
+            return Ok(None);
+        };
+        let window = Duration::from_millis(window_ms);
+        let Some(url) = &self.dedup_redis else {
+            if window.is_zero() {
+                return Err(Error::Config {
+                    field: "--dedup-window-ms".to_owned(),
+                    expected: "a dedup window of at least 1 ms".to_owned(),
+                });
+            }
+            return Ok(Some(DedupSettings::InMemory {
+                window,
+                max_entries: self.dedup_max_entries.max(1) as usize,
+            }));
+        };
+        let options = RedisDedupOptions {
+            key_prefix: self.dedup_redis_prefix.clone(),
+            timeout: Duration::from_millis(self.dedup_redis_timeout_ms),
+            ..RedisDedupOptions::new(window)
+        };
+        options.validate()?;
+        Ok(Some(DedupSettings::Redis {
+            url: RedisUrl::parse(url)?,
+            options,
+        }))
+    }
 }
 
 /// `lateral-agent poll`.
@@ -353,6 +474,110 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("--upstream"), "{err}");
+    }
+
+    fn proxy_with(extra: &[&str]) -> Result<ProxyArgs, clap::Error> {
+        let mut args = vec![
+            "proxy",
+            "--listen",
+            "127.0.0.1:1",
+            "--upstream",
+            "http://127.0.0.1:2",
+            "--endpoint-id",
+            "e",
+            "--insecure-dev",
+        ];
+        args.extend_from_slice(extra);
+        match parse(&args)?.command {
+            Command::Proxy(proxy) => Ok(proxy),
+            other => panic!("not proxy: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dedup_is_off_in_memory_or_in_redis() {
+        assert!(proxy_with(&[]).unwrap().dedup.validate().unwrap().is_none());
+
+        let in_memory = proxy_with(&["--dedup-window-ms", "1500"]).unwrap();
+        match in_memory.dedup.validate().unwrap() {
+            Some(DedupSettings::InMemory {
+                window,
+                max_entries,
+            }) => {
+                assert_eq!(window, Duration::from_millis(1500));
+                assert_eq!(max_entries, 100_000);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let redis = proxy_with(&[
+            "--dedup-window-ms",
+            "60000",
+            "--dedup-redis",
+            "redis://:hunter2@10.0.0.5:6379/2",
+            "--dedup-redis-timeout-ms",
+            "20",
+            "--dedup-redis-prefix",
+            "svc:",
+        ])
+        .unwrap();
+        assert!(!format!("{redis:?}").contains("hunter2"));
+        let settings = redis.dedup.validate().unwrap();
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        match settings {
+            Some(DedupSettings::Redis { url, options }) => {
+                assert_eq!(url.redacted(), "redis://***@10.0.0.5:6379/2");
+                assert_eq!(options.window, Duration::from_secs(60));
+                assert_eq!(options.timeout, Duration::from_millis(20));
+                assert_eq!(options.key_prefix, "svc:");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn dedup_flags_that_make_no_sense_are_refused() {
+        let err = |extra: &[&str]| proxy_with(extra).unwrap_err().to_string();
+        assert!(err(&["--dedup-redis", "redis://h:1"]).contains("--dedup-window-ms"));
+        assert!(err(&["--dedup-window-ms", "0"]).contains("--dedup-window-ms"));
+        assert!(
+            err(&[
+                "--dedup-window-ms",
+                "1000",
+                "--dedup-redis",
+                "redis://h:1",
+                "--dedup-max-entries",
+                "5"
+            ])
+            .contains("--dedup-max-entries")
+        );
+        assert!(
+            err(&["--dedup-window-ms", "1000", "--dedup-redis-timeout-ms", "9"])
+                .contains("--dedup-redis")
+        );
+
+        let bad_url = proxy_with(&[
+            "--dedup-window-ms",
+            "1000",
+            "--dedup-redis",
+            "http://user:hunter2@h:1",
+        ])
+        .unwrap();
+        let msg = bad_url.dedup.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("--dedup-redis") && msg.contains("redis://"),
+            "{msg}"
+        );
+        assert!(!msg.contains("hunter2"), "{msg}");
+    }
+
+    #[test]
+    fn help_says_when_to_share_the_window() {
+        let mut cmd = Cli::command();
+        let proxy = cmd.find_subcommand_mut("proxy").unwrap();
+        let help = proxy.render_long_help().to_string();
+        assert!(help.contains("--dedup-redis <URL>"), "{help}");
+        assert!(help.contains("several agents must share"), "{help}");
     }
 
     #[test]

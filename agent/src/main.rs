@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use clap::{Arg, ArgMatches, CommandFactory, FromArgMatches};
 use lateral_agent::Error;
-use lateral_agent::config::{Cli, Command, GenCertsArgs, PollArgs, ProxyArgs, ReportSettings};
+use lateral_agent::config::{
+    Cli, Command, DedupSettings, GenCertsArgs, PollArgs, ProxyArgs, ReportSettings,
+};
+use lateral_agent::dedup::{DedupStore, InMemoryDedup, RedisDedup};
 use lateral_agent::drain::{Drainable, Drainer, admin};
 use lateral_agent::measurement::{Measurement, MeasurementSource};
 use lateral_agent::metrics_http::{self, AgentMetrics, Metered};
@@ -107,12 +110,14 @@ async fn run(cli: Cli, observability: Observability) -> Result<(), Error> {
 /// Proxy mode: the proxy's recorder is the measurement source, and drain clears its accepting flag.
 async fn proxy(args: ProxyArgs, observability: Observability) -> Result<(), Error> {
     let settings = args.report.validate(args.orca)?;
+    let dedup = dedup_store(args.dedup.validate()?).await?;
     let recorder = Recorder::new();
     recorder.set_declared_capacity(settings.declared_capacity);
     let opts = ProxyOptions {
         orca: args.orca,
         // Requests had the whole drain grace period to finish; don't wait much longer after it.
         shutdown_grace: Duration::from_secs(1),
+        dedup,
         ..ProxyOptions::default()
     };
     let proxy = Proxy::bind(args.listen, args.upstream, recorder.clone(), opts)
@@ -132,6 +137,28 @@ async fn proxy(args: ProxyArgs, observability: Observability) -> Result<(), Erro
     .await;
     proxy.shutdown().await;
     result
+}
+
+/// The request-id dedup store the `--dedup-*` flags ask for. Connects to Redis now, so a wrong URL or an
+/// unreachable server stops the start-up instead of failing every request open.
+async fn dedup_store(
+    settings: Option<DedupSettings>,
+) -> Result<Option<Arc<dyn DedupStore>>, Error> {
+    Ok(match settings {
+        None => None,
+        Some(DedupSettings::InMemory {
+            window,
+            max_entries,
+        }) => {
+            tracing::info!(?window, max_entries, "request-id dedup in memory");
+            Some(Arc::new(InMemoryDedup::new(window, max_entries)))
+        }
+        Some(DedupSettings::Redis { url, options }) => {
+            let store = RedisDedup::connect_with(url, options).await?;
+            tracing::info!(?store, "request-id dedup in Redis");
+            Some(Arc::new(store))
+        }
+    })
 }
 
 /// Poll mode: the poller's latest reading is the measurement source.

@@ -358,3 +358,103 @@ async fn credentials_work_and_are_never_shown() {
     assert!(matches!(err, Error::Dedup(_)), "{err:?}");
     assert!(!err.to_string().contains("letmein"), "{err}");
 }
+
+/// A `lateral-agent` process, killed on drop.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn agent_command(listen: u16, upstream: std::net::SocketAddr, redis_url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lateral-agent"));
+    cmd.args(["proxy", "--listen", &format!("127.0.0.1:{listen}")])
+        .args(["--upstream", &format!("http://{upstream}")])
+        .args([
+            "--endpoint-id",
+            "e",
+            "--insecure-dev",
+            "--quic-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--dedup-window-ms", "60000", "--dedup-redis", redis_url])
+        .env("LATERAL_AGENT_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+#[tokio::test]
+async fn the_binary_refuses_to_start_without_its_redis() {
+    let port = free_port();
+    let url = format!("redis://:hunter2@127.0.0.1:{port}/0");
+    let child = agent_command(free_port(), "127.0.0.1:1".parse().unwrap(), &url)
+        .spawn()
+        .unwrap();
+    let mut agent = Agent(child);
+    let deadline = Instant::now() + STARTUP;
+    let status = loop {
+        if let Some(status) = agent.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the agent did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut agent.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect") && stderr.contains("--dedup-redis"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn two_agent_processes_share_the_window_through_redis() {
+    let server = RedisServer::start();
+    let backend = EchoBackend::default();
+    let upstream = serve(backend.clone(), None).await;
+    let mut agents = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..2 {
+        let port = free_port();
+        let mut agent = Agent(
+            agent_command(port, upstream, &server.url())
+                .spawn()
+                .unwrap(),
+        );
+        if !wait_accepting(&mut agent.0, port) {
+            let _ = agent.0.kill();
+            let mut stderr = String::new();
+            let _ = std::io::Read::read_to_string(&mut agent.0.stderr.take().unwrap(), &mut stderr);
+            panic!("the agent did not listen on {port} within {STARTUP:?}: {stderr}");
+        }
+        agents.push(agent);
+        ports.push(port);
+    }
+    let with_id = |id: &'static str| {
+        let mut r = tonic::Request::new(req("once", 0, 0));
+        r.metadata_mut()
+            .insert(REQUEST_ID_HEADER, id.parse().unwrap());
+        r
+    };
+    let mut via_a = client(format!("127.0.0.1:{}", ports[0]).parse().unwrap()).await;
+    let mut via_b = client(format!("127.0.0.1:{}", ports[1]).parse().unwrap()).await;
+    via_a.unary(with_id("retried")).await.unwrap();
+    let err = via_b.unary(with_id("retried")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+    via_b.unary(with_id("another")).await.unwrap();
+    assert_eq!(
+        backend.calls(),
+        2,
+        "the retry through the other agent never reached the backend"
+    );
+}
