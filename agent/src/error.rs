@@ -33,7 +33,8 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
-    /// The request-id dedup store failed (the layer lets the request through).
+    /// The request-id dedup store failed: at start-up (e.g. Redis unreachable; the agent stops), or on a
+    /// request (the layer logs it and lets the request through).
     #[error("dedup store: {0}")]
     Dedup(String),
 }

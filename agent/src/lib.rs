@@ -5,6 +5,8 @@
 //!   and the [`measurement::MeasurementSource`] seam the reporter reads from;
 //! - measuring: a tower layer for tonic servers, an h2c reverse proxy for backends in any language, and a
 //!   poller for backends that expose a JSON load endpoint;
+//! - request-id dedup ([`dedup`]): dropping a retry the backend already received, in memory or shared by
+//!   several agents through Redis;
 //! - reporting: a QUIC server (quinn, mutual TLS) that gives every subscribing coordinator one persistent
 //!   stream and fans each measurement out to all of them, plus ORCA `endpoint-load-metrics-bin` trailers;
 //! - draining on SIGTERM or admin request.
