@@ -15,7 +15,11 @@ use lateral_proto::tls::{TlsFiles, TlsMode};
 
 use crate::Error;
 use crate::dedup::{self, RedisDedupOptions, RedisUrl};
+use crate::registration::Registration;
+
+mod membership;
 use crate::reporter::ReporterOptions;
+pub use membership::MembershipArgs;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -29,6 +33,10 @@ Examples:
 
   # 2b. Several proxies in front of one backend: reject a retry that any of them already received
   lateral-agent proxy ... --dedup-window-ms 60000 --dedup-redis redis://10.0.0.5:6379/0
+
+  # 2c. Register in etcd so coordinators with a [[service.etcd]] source find this endpoint by themselves
+  lateral-agent proxy ... --etcd http://10.0.0.5:2379 --etcd-service checkout \\
+      --advertise-address http://10.0.0.7:50052 --advertise-agent 10.0.0.7:7443 --zone eu-1a
 
   # 3. Poll a backend's JSON load endpoint instead (any language, no proxy hop)
   lateral-agent poll --url http://127.0.0.1:9090/load --endpoint-id search-2 --insecure-dev
@@ -277,6 +285,9 @@ pub struct ReportArgs {
     #[arg(long, env = "LATERAL_AGENT_MAX_SUBSCRIBERS", default_value_t = 16, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_subscribers: u32,
+    /// Membership in etcd.
+    #[command(flatten)]
+    pub membership: MembershipArgs,
 }
 
 /// The validated settings of a measuring mode.
@@ -294,6 +305,8 @@ pub struct ReportSettings {
     pub drain_grace: Duration,
     /// Admin endpoint address, if any (loopback).
     pub admin_listen: Option<SocketAddr>,
+    /// Registration in etcd, if `--etcd` was given.
+    pub registration: Option<Registration>,
 }
 
 impl ReportArgs {
@@ -358,6 +371,11 @@ impl ReportArgs {
                 .capabilities
                 .push(capability::DECLARED_CAPACITY.to_owned());
         }
+        let registration = self.membership.validate(
+            &self.endpoint_id,
+            self.quic_listen,
+            self.declared_capacity,
+        )?;
         Ok(ReportSettings {
             tls,
             quic_listen: self.quic_listen,
@@ -365,6 +383,7 @@ impl ReportArgs {
             declared_capacity: self.declared_capacity,
             drain_grace: Duration::from_millis(self.drain_grace_ms),
             admin_listen: self.admin_listen,
+            registration,
         })
     }
 }

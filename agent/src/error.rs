@@ -33,6 +33,9 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// Registering in etcd failed (the registration retries; see `registration`).
+    #[error("etcd {0}")]
+    Etcd(String),
     /// The request-id dedup store failed: at start-up (e.g. Redis unreachable; the agent stops), or on a
     /// request (the layer logs it and lets the request through).
     #[error("dedup store: {0}")]

@@ -9,6 +9,8 @@
 //!   several agents through Redis;
 //! - reporting: a QUIC server (quinn, mutual TLS) that gives every subscribing coordinator one persistent
 //!   stream and fans each measurement out to all of them, plus ORCA `endpoint-load-metrics-bin` trailers;
+//! - membership ([`registration`]): registering the endpoint in etcd under a lease, so coordinators find it and
+//!   forget it when the agent goes away;
 //! - draining on SIGTERM or admin request.
 //!
 //! What it does not touch: weights. The agent reports; the coordinator (crate `lateral-balancer`) decides.
@@ -20,6 +22,7 @@ pub mod measurement;
 // reporting: QUIC reporter, drain, binary config
 pub mod config;
 pub mod drain;
+pub mod registration;
 pub mod reporter;
 // measuring: recorder, layer, ORCA trailers, dedup, proxy, poller
 pub mod dedup;

@@ -21,6 +21,7 @@ use lateral_agent::proxy::{Proxy, ProxyOptions};
 use lateral_agent::recorder::Recorder;
 use lateral_agent::reporter::Reporter;
 use lateral_proto::tls::DevPki;
+use tokio_util::sync::CancellationToken;
 
 /// Observability flags, accepted before or after the mode (global): they apply to every mode.
 #[derive(Debug, Clone, Default)]
@@ -220,7 +221,18 @@ async fn report(
         ),
         None => None,
     };
-    let outcome = drainer.run().await?;
+    // Registered only once the QUIC server is up, so a coordinator that finds the record can dial it.
+    let membership = settings.registration.map(|registration| {
+        let stop = CancellationToken::new();
+        (stop.clone(), tokio::spawn(registration.run(stop)))
+    });
+    let outcome = drainer.run().await;
+    if let Some((stop, task)) = membership {
+        // Deregister (revoke the lease) before exiting; bounded, a dead etcd expires the key anyway.
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+    }
+    let outcome = outcome?;
     tracing::info!(reason = %outcome.reason, "exiting after drain");
     Ok(())
 }
