@@ -128,11 +128,14 @@ impl Session {
             .send(create)
             .await
             .map_err(|_| call_error("Watch", "request stream closed"))?;
-        let mut responses = WatchClient::new(channel)
-            .watch(ReceiverStream::new(request_rx))
-            .await
-            .map_err(|s| call_error("Watch", s.message()))?
-            .into_inner();
+        let mut responses = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            WatchClient::new(channel).watch(ReceiverStream::new(request_rx)),
+        )
+        .await
+        .map_err(|_| call_error("Watch", "timed out"))?
+        .map_err(|s| call_error("Watch", s.message()))?
+        .into_inner();
         loop {
             let response = responses
                 .message()

@@ -1,0 +1,264 @@
+//! Membership through a real etcd (Debian `etcd-server`, started by the test on loopback): agents register
+//! their endpoint with a lease, the coordinator lists and watches the prefix and dials the agents it finds;
+//! a stopped agent leaves at once, a crashed one when its lease expires; bad records are left out; an etcd
+//! outage keeps the last set and the source recovers when etcd returns.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use lateral_agent::registration::Registration;
+use lateral_balancer::coordinator::Coordinator;
+use lateral_balancer::coordinator::config::EtcdSourceConfig;
+use lateral_examples::backend::{Backend, BackendSpec};
+use lateral_integration_tests::*;
+use lateral_proto::coordinator::{EndpointState, WeightSnapshot};
+use lateral_proto::etcd::etcdserverpb::kv_client::KvClient;
+use lateral_proto::etcd::etcdserverpb::{PutRequest, RangeRequest};
+use lateral_proto::etcd::{EndpointRecord, default_prefix};
+use tokio_util::sync::CancellationToken;
+
+const ETCD: &str = "/usr/bin/etcd";
+
+/// An etcd server of its own on two free loopback ports and a temporary data directory.
+struct Etcd {
+    child: Option<Child>,
+    url: String,
+    peer: SocketAddr,
+    dir: PathBuf,
+}
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("a local address")
+}
+
+impl Etcd {
+    async fn start() -> Self {
+        assert!(
+            std::path::Path::new(ETCD).exists(),
+            "{ETCD} not found: `.ci/test` installs the Debian package etcd-server"
+        );
+        let client = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "lateral-etcd-{}-{}",
+            std::process::id(),
+            client.port()
+        ));
+        let mut etcd = Self {
+            child: None,
+            url: format!("http://{client}"),
+            peer: free_port(),
+            dir,
+        };
+        etcd.spawn().await;
+        etcd
+    }
+
+    /// Starts (or restarts, on the same data) the server and waits until it answers.
+    async fn spawn(&mut self) {
+        let peer = format!("http://{}", self.peer);
+        let child = Command::new(ETCD)
+            .args(["--name", "lateral-test"])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--listen-client-urls", &self.url])
+            .args(["--advertise-client-urls", &self.url])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("lateral-test={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        let url = self.url.clone();
+        eventually(Duration::from_secs(20), "etcd answers", || {
+            let url = url.clone();
+            async move {
+                let Ok(mut kv) = KvClient::connect(url).await else {
+                    return false;
+                };
+                kv.range(RangeRequest {
+                    key: b"/".to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+            }
+        })
+        .await;
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn put(&self, key: &str, value: &[u8]) {
+        let mut kv = KvClient::connect(self.url.clone())
+            .await
+            .expect("connect to etcd");
+        kv.put(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("put");
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Registers `backend` under service `svc` with a 2 s lease; the returned token deregisters it.
+fn register(etcd: &Etcd, backend: &Backend) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let registration = Registration {
+        etcd: vec![etcd.url.clone()],
+        prefix: default_prefix("svc"),
+        record: EndpointRecord {
+            id: backend.spec().name.clone(),
+            address: backend.uri(),
+            agent: backend.agent_addr(),
+            zone: None,
+            labels: Default::default(),
+            static_weight: None,
+            declared_capacity: None,
+        },
+        ttl: Duration::from_secs(2),
+    };
+    registration.validate().expect("a valid registration");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(registration.run(stop.clone()));
+    (stop, task)
+}
+
+fn ids(snapshot: &WeightSnapshot) -> Vec<&str> {
+    let mut ids: Vec<&str> = snapshot.endpoints.iter().map(|e| e.id.as_str()).collect();
+    ids.sort_unstable();
+    ids
+}
+
+async fn coordinator_over(etcd: &Etcd, pki: &Pki) -> (Coordinator, Watcher) {
+    let mut config = coordinator_config(pki.coordinator_tls(), fast_engine(), vec![]);
+    config.services[0].etcd = vec![EtcdSourceConfig {
+        endpoints: vec![etcd.url.clone()],
+        prefix: None,
+    }];
+    let coordinator = Coordinator::start(config)
+        .await
+        .expect("start the coordinator");
+    let watcher = Watcher::connect(coordinator.grpc_addr().expect("a gRPC address"), "svc").await;
+    (coordinator, watcher)
+}
+
+async fn start(pki: &Pki, name: &str) -> Backend {
+    let spec = BackendSpec::new(name, 8, Duration::from_millis(5));
+    backend(spec, Duration::from_millis(50), pki.mode("agent")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_register_and_the_coordinator_follows_them() {
+    let etcd = Etcd::start().await;
+    let pki = Pki::new("test-ca");
+    let (a, b) = (start(&pki, "a").await, start(&pki, "b").await);
+    let (stop_a, task_a) = register(&etcd, &a);
+    let (_stop_b, _task_b) = register(&etcd, &b);
+    let (_coordinator, mut watcher) = coordinator_over(&etcd, &pki).await;
+
+    // Both found in etcd, and their agents (at the addresses the records gave) heard over QUIC.
+    watcher
+        .until(Duration::from_secs(15), "a and b active", |s| {
+            ids(s) == ["a", "b"]
+                && ["a", "b"].iter().all(|id| {
+                    entry(s, id).is_some_and(|(w, state)| w > 0.0 && state == EndpointState::Active)
+                })
+        })
+        .await;
+
+    // A stopped agent revokes its lease: it leaves at once, not after the TTL.
+    stop_a.cancel();
+    task_a.await.expect("the registration task ends");
+    watcher
+        .until(Duration::from_secs(2), "a gone", |s| ids(s) == ["b"])
+        .await;
+
+    // Garbage and an id that is not the key's are left out; a later valid registration still gets through
+    // (the watch went past the bad records and kept going).
+    let prefix = default_prefix("svc");
+    etcd.put(&format!("{prefix}junk"), b"{not json").await;
+    let squatter = EndpointRecord {
+        id: "b".into(),
+        address: "http://127.0.0.1:1".into(),
+        agent: "127.0.0.1:1".parse().expect("an address"),
+        zone: None,
+        labels: Default::default(),
+        static_weight: None,
+        declared_capacity: None,
+    };
+    etcd.put(&format!("{prefix}not-b"), &squatter.encode())
+        .await;
+    let c = start(&pki, "c").await;
+    let (_stop_c, _task_c) = register(&etcd, &c);
+    let snapshot = watcher
+        .until(Duration::from_secs(10), "c joins", |s| {
+            ids(s).contains(&"c")
+        })
+        .await;
+    assert_eq!(ids(&snapshot), ["b", "c"], "{}", describe(&snapshot));
+    let b_entry = snapshot
+        .endpoints
+        .iter()
+        .find(|e| e.id == "b")
+        .expect("b listed");
+    assert_eq!(b_entry.address, b.uri(), "the squatter did not replace b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_agent_expires_and_an_etcd_outage_keeps_the_last_set() {
+    let mut etcd = Etcd::start().await;
+    let pki = Pki::new("test-ca");
+    let (a, b) = (start(&pki, "a").await, start(&pki, "b").await);
+    let (_stop_a, task_a) = register(&etcd, &a);
+    let (_stop_b, _task_b) = register(&etcd, &b);
+    let (_coordinator, mut watcher) = coordinator_over(&etcd, &pki).await;
+    watcher
+        .until(Duration::from_secs(15), "a and b listed", |s| {
+            ids(s) == ["a", "b"]
+        })
+        .await;
+
+    // A crash: the registration stops without revoking; the key expires with its 2 s lease.
+    task_a.abort();
+    watcher
+        .until(Duration::from_secs(8), "a expired", |s| ids(s) == ["b"])
+        .await;
+
+    // etcd goes away: the coordinator keeps b (snapshots keep coming as liveness, b still in them).
+    etcd.kill();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < deadline {
+        let s = watcher
+            .until(Duration::from_secs(2), "a snapshot", |_| true)
+            .await;
+        assert_eq!(ids(&s), ["b"], "the last set is kept while etcd is down");
+    }
+
+    // etcd returns (same data): the source lists again and follows new registrations.
+    etcd.spawn().await;
+    let d = start(&pki, "d").await;
+    let (_stop_d, _task_d) = register(&etcd, &d);
+    watcher
+        .until(Duration::from_secs(20), "d joins after the outage", |s| {
+            ids(s) == ["b", "d"]
+        })
+        .await;
+}
