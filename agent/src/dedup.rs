@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use crate::Error;
 use crate::recorder::{Clock, TokioClock};
 
+pub mod breaker;
 mod redis;
 pub use redis::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_TIMEOUT, MAX_KEY_PREFIX, MAX_VERBATIM_ID,

@@ -34,6 +34,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use http::{HeaderMap, Request, Response};
@@ -277,9 +278,7 @@ where
                             return Poll::Ready(Ok(duplicate_response()));
                         }
                         Ok(Verdict::Fresh) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "request-id dedup store failed; letting the request through")
-                        }
+                        Err(e) => warn_dedup_failure(&e),
                     }
                     let guard = Some(this.shared.recorder.begin());
                     let fut = svc.call(req);
@@ -458,5 +457,28 @@ where
             Kind::Inner { body } => body.size_hint(),
             Kind::Empty => SizeHint::with_exact(0),
         }
+    }
+}
+
+/// Logs a failed dedup check at most once a second (an outage fails every request's check), with how many
+/// were not logged since.
+fn warn_dedup_failure(error: &crate::Error) {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    static NEXT_MS: AtomicU64 = AtomicU64::new(0);
+    static QUIET: AtomicU64 = AtomicU64::new(0);
+    let now_ms = BASE
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64;
+    let next = NEXT_MS.load(Ordering::Relaxed);
+    if now_ms >= next
+        && NEXT_MS
+            .compare_exchange(next, now_ms + 1_000, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let unlogged = QUIET.swap(0, Ordering::Relaxed);
+        tracing::warn!(%error, unlogged, "request-id dedup check failed; letting the request through");
+    } else {
+        QUIET.fetch_add(1, Ordering::Relaxed);
     }
 }

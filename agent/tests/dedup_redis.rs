@@ -113,6 +113,32 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Starts a stopped server again on the same port (empty: no persistence).
+    fn restart(&mut self) {
+        self.stop();
+        let mut child = Command::new(redis_server_binary())
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--bind", "127.0.0.1"])
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restart redis-server");
+        assert!(
+            wait_accepting(&mut child, self.port),
+            "redis-server restarts on its port"
+        );
+        self.child = Some(child);
+    }
+
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -287,6 +313,48 @@ async fn a_stopped_redis_is_an_error_within_the_timeout_and_the_layer_fails_open
     c.unary(with_id("before")).await.unwrap();
     c.unary(with_id("before")).await.unwrap();
     assert_eq!(backend.calls(), 3);
+}
+
+#[tokio::test]
+async fn an_outage_is_skipped_at_once_and_checks_resume_when_redis_returns() {
+    let mut server = RedisServer::start();
+    let options = RedisDedupOptions {
+        timeout: Duration::from_millis(200),
+        skip_after_failure: Duration::from_millis(100),
+        ..RedisDedupOptions::new(Duration::from_secs(60))
+    };
+    let s = store(&server, options).await;
+    assert_eq!(check(&s, "x").await, Verdict::Fresh);
+    server.stop();
+    assert!(
+        s.check_and_insert("y").await.is_err(),
+        "the failure that opens the breaker"
+    );
+    // Skipped without asking Redis: an error at once, saying so.
+    let started = Instant::now();
+    let skipped = s.check_and_insert("z").await.unwrap_err().to_string();
+    assert!(skipped.contains("skipped"), "{skipped}");
+    assert!(
+        started.elapsed() < Duration::from_millis(20),
+        "{:?}",
+        started.elapsed()
+    );
+    // Redis returns (empty); after the cool-down a probe goes through and ids are checked again.
+    server.restart();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut fresh = None;
+    for _ in 0..20 {
+        // The connection manager may need a moment to reconnect: a failed probe backs off (200 ms, 400 ms).
+        match s.check_and_insert("w").await {
+            Ok(v) => {
+                fresh = Some(v);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(fresh, Some(Verdict::Fresh));
+    assert_eq!(check(&s, "w").await, Verdict::Duplicate);
 }
 
 #[tokio::test]

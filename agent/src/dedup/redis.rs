@@ -1,11 +1,12 @@
 //! The shared [`DedupStore`] on Redis, [`RedisDedup`]: its key layout, its one command, the bounds around
 //! it, and a [`RedisUrl`] that does not show credentials. Details on [`RedisDedup`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::breaker::{Admit, Breaker, Transition};
 use super::{DedupFuture, DedupStore, Verdict};
 use crate::Error;
 
@@ -38,6 +39,10 @@ pub struct RedisDedupOptions {
     pub timeout: Duration,
     /// Bound on the first connection (default [`DEFAULT_CONNECT_TIMEOUT`]); not zero.
     pub connect_timeout: Duration,
+    /// After a failed check, skip Redis this long before probing it again (doubling while probes fail, up
+    /// to [`breaker::MAX_COOLDOWN`](super::breaker::MAX_COOLDOWN)); default
+    /// [`breaker::BASE_COOLDOWN`](super::breaker::BASE_COOLDOWN).
+    pub skip_after_failure: Duration,
 }
 
 impl RedisDedupOptions {
@@ -48,6 +53,7 @@ impl RedisDedupOptions {
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            skip_after_failure: super::breaker::BASE_COOLDOWN,
         }
     }
 
@@ -241,8 +247,10 @@ fn verdict_of(reply: &redis::Value) -> Result<Verdict, Error> {
 ///   client id itself is longer than about 110 bytes.
 ///   Keys are binary-safe, so any id bytes are fine.
 /// - **Bounds:** every call is bounded by [`RedisDedupOptions::timeout`] (default 50 ms). A timeout, a lost
-///   connection or an unexpected reply is an [`Error::Dedup`]; the layer logs it and lets the request
-///   through (fail open). While Redis is down each request with an id waits at most that timeout.
+///   connection or an unexpected reply is an [`Error::Dedup`]; the layer lets the request through (fail
+///   open). After a failure a [circuit breaker](super::breaker) skips Redis for 1 s (doubling to 30 s while
+///   probes keep failing), so during an outage requests go through unchecked at once instead of each
+///   waiting for the timeout; the outage and the recovery are logged once each.
 /// - **Connection:** a [`ConnectionManager`] (one multiplexed connection, reconnected in the background
 ///   after an I/O error). [`RedisDedup::connect`] fails if the first connection cannot be made within
 ///   [`RedisDedupOptions::connect_timeout`], so a wrong URL is found at start-up rather than on requests.
@@ -260,6 +268,7 @@ pub struct RedisDedup {
     prefix: Arc<[u8]>,
     window_ms: u64,
     timeout: Duration,
+    breaker: Arc<Mutex<Breaker>>,
 }
 
 impl std::fmt::Debug for RedisDedup {
@@ -314,6 +323,7 @@ impl RedisDedup {
             url,
             window_ms,
             timeout: options.timeout,
+            breaker: Arc::new(Mutex::new(Breaker::new(options.skip_after_failure))),
         })
     }
 
@@ -334,16 +344,45 @@ impl DedupStore for RedisDedup {
         let mut conn = self.conn.clone();
         let timeout = self.timeout;
         let url = self.url.redacted.clone();
+        let breaker = Arc::clone(&self.breaker);
+        let now = tokio::time::Instant::now();
+        if let Admit::Skip { until } = lock(&breaker).admit(now) {
+            let wait = until.saturating_duration_since(now);
+            return Box::pin(std::future::ready(Err(Error::Dedup(format!(
+                "{url} skipped after a failure (next try in {wait:?})"
+            )))));
+        }
         Box::pin(async move {
-            match tokio::time::timeout(timeout, cmd.query_async::<redis::Value>(&mut conn)).await {
-                Ok(Ok(reply)) => verdict_of(&reply),
-                Ok(Err(e)) => Err(Error::Dedup(format!("SET NX on {url}: {e}"))),
-                Err(_) => Err(Error::Dedup(format!(
-                    "no answer from {url} within {timeout:?}"
-                ))),
+            let outcome =
+                match tokio::time::timeout(timeout, cmd.query_async::<redis::Value>(&mut conn))
+                    .await
+                {
+                    Ok(Ok(reply)) => verdict_of(&reply),
+                    Ok(Err(e)) => Err(Error::Dedup(format!("SET NX on {url}: {e}"))),
+                    Err(_) => Err(Error::Dedup(format!(
+                        "no answer from {url} within {timeout:?}"
+                    ))),
+                };
+            match &outcome {
+                Ok(_) => {
+                    if lock(&breaker).on_success() == Transition::Closed {
+                        tracing::info!(%url, "Redis dedup store answers again; checking request ids again");
+                    }
+                }
+                Err(e) => {
+                    let transition = lock(&breaker).on_failure(tokio::time::Instant::now());
+                    if let Transition::Opened { cooldown } = transition {
+                        tracing::warn!(%url, error = %e, ?cooldown, "Redis dedup store failed; requests go through unchecked until it answers a probe");
+                    }
+                }
             }
+            outcome
         })
     }
+}
+
+fn lock(breaker: &Mutex<Breaker>) -> std::sync::MutexGuard<'_, Breaker> {
+    breaker.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
