@@ -122,6 +122,73 @@ impl Cluster {
         Ok(config)
     }
 
+    /// Writes what an external `lateral-coordinator` needs to join these backends' agents into `dir`: the dev
+    /// CA (`ca.pem`), a coordinator certificate and key it issues, and `coordinator.toml` (gRPC API on
+    /// `grpc_listen`, the dashboard and metrics on `http_listen`, the scenario's backends as service `echo`,
+    /// default engine rules). The file is loaded back with the coordinator's own checker before it is
+    /// reported. Returns the configuration's path.
+    pub fn write_coordinator_files(
+        &self,
+        scenario: &Scenario,
+        dir: &std::path::Path,
+        grpc_listen: SocketAddr,
+        http_listen: SocketAddr,
+    ) -> Result<std::path::PathBuf, tower::BoxError> {
+        let at = |name: &str| dir.join(name);
+        let write = |name: &str, text: &str| {
+            std::fs::write(at(name), text)
+                .map_err(|e| format!("cannot write {}: {e}", at(name).display()))
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let issued = self.pki.issue("coordinator")?;
+        write("ca.pem", self.pki.ca_pem())?;
+        write("coordinator.pem", &issued.cert_pem)?;
+        write("coordinator-key.pem", &issued.key_pem)?;
+        // TOML basic strings take JSON's escapes.
+        let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+        let path = |name: &str| quote(&at(name).display().to_string());
+        let mut toml = format!(
+            "# Written by `lateral-bench serve {name}`: an external coordinator for this run's backends.\n\
+             [listen]\ngrpc = {grpc}\nhttp = {http}\n\n[tls]\nca = {ca}\ncert = {cert}\nkey = {key}\n\n\
+             [[service]]\nname = {service}\n",
+            name = scenario.name,
+            grpc = quote(&grpc_listen.to_string()),
+            http = quote(&http_listen.to_string()),
+            ca = path("ca.pem"),
+            cert = path("coordinator.pem"),
+            key = path("coordinator-key.pem"),
+            service = quote(SERVICE),
+        );
+        for (b, (uri, agent)) in scenario
+            .backends
+            .iter()
+            .zip(self.uris.iter().zip(&self.agents))
+        {
+            toml.push_str(&format!(
+                "\n  [[service.endpoint]]\n  id = {}\n  address = {}\n  agent = {}\n",
+                quote(&b.name),
+                quote(uri),
+                quote(&agent.to_string())
+            ));
+            if let Some(zone) = b.zone() {
+                toml.push_str(&format!("  zone = {}\n", quote(zone)));
+            }
+            if !b.labels.is_empty() {
+                let labels: Vec<String> = b
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{} = {}", quote(k), quote(v)))
+                    .collect();
+                toml.push_str(&format!("  labels = {{ {} }}\n", labels.join(", ")));
+            }
+        }
+        write("coordinator.toml", &toml)?;
+        let config_path = at("coordinator.toml");
+        CoordinatorConfig::load(&config_path)?;
+        Ok(config_path)
+    }
+
     /// Follows the scenario's timeline from `start` for `until`, calling `on_event` for every change applied.
     pub async fn run_events(
         &self,

@@ -5,6 +5,7 @@
 //! cargo run --release -p lateral-examples --bin lateral-bench -- --json /tmp/bench.json --plots /tmp/plots
 //! cargo run --release -p lateral-examples --bin lateral-bench -- --scenario spike --policies lateral,p2c_peak_ewma
 //! cargo run --release -p lateral-examples --bin lateral-bench -- serve failure
+//! cargo run --release -p lateral-examples --bin lateral-bench -- serve spike --coordinator-files /tmp/lb
 //! ```
 //!
 //! Scenarios are built-in names or TOML files (see `examples/scenarios/` and `lateral_examples::bench::scenario`).
@@ -62,6 +63,24 @@ enum Command {
         /// Seconds to keep serving after the scenario's timeline (default: until Ctrl-C).
         #[arg(long)]
         linger: Option<f64>,
+        /// Write the dev CA, a coordinator certificate and a ready `coordinator.toml` into this directory, so
+        /// that an external `lateral-coordinator --config DIR/coordinator.toml` can join the agents.
+        #[arg(long, value_name = "DIR")]
+        coordinator_files: Option<PathBuf>,
+        /// The gRPC API address written into that `coordinator.toml`.
+        #[arg(
+            long,
+            default_value = "127.0.0.1:50100",
+            requires = "coordinator_files"
+        )]
+        coordinator_grpc: std::net::SocketAddr,
+        /// The dashboard and metrics address written into that `coordinator.toml`.
+        #[arg(
+            long,
+            default_value = "127.0.0.1:50101",
+            requires = "coordinator_files"
+        )]
+        coordinator_http: std::net::SocketAddr,
     },
 }
 
@@ -86,7 +105,18 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &args.command {
-            Some(Command::Serve { scenario, linger }) => serve(scenario, *linger, args.seed).await,
+            Some(Command::Serve {
+                scenario,
+                linger,
+                coordinator_files,
+                coordinator_grpc,
+                coordinator_http,
+            }) => {
+                let files = coordinator_files
+                    .as_ref()
+                    .map(|dir| (dir.as_path(), *coordinator_grpc, *coordinator_http));
+                serve(scenario, *linger, args.seed, files).await
+            }
             None => bench(&args).await,
         }
     });
@@ -101,10 +131,24 @@ fn main() -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn serve(name: &str, linger: Option<f64>, seed: u64) -> Result<(), BoxError> {
+async fn serve(
+    name: &str,
+    linger: Option<f64>,
+    seed: u64,
+    coordinator_files: Option<(&std::path::Path, std::net::SocketAddr, std::net::SocketAddr)>,
+) -> Result<(), BoxError> {
     let scenario = Scenario::load(name)?;
     let cluster = Cluster::start(&scenario, seed).await?;
     println!("scenario {} — {}", scenario.name, scenario.description);
+    if let Some((dir, grpc, http)) = coordinator_files {
+        let config = cluster.write_coordinator_files(&scenario, dir, grpc, http)?;
+        println!(
+            "coordinator files in {}: run `lateral-coordinator --config {}` (dashboard http://{http}/, \
+             WatchWeights on {grpc}, service `echo`)",
+            dir.display(),
+            config.display()
+        );
+    }
     println!(
         "| backend | gRPC | agent (QUIC, mutual TLS from an in-memory dev CA) | capacity req/s |"
     );
