@@ -10,7 +10,10 @@
 //! 4. every QUIC connection is closed with [`close_code::DRAINED`] and [`Drainer::run`] returns; the binary
 //!    exits 0.
 //!
-//! A second signal during the grace period cuts it short (the connections are still closed cleanly).
+//! However it started, the drain shows in [`DrainSwitch::is_draining`] (and so in the admin endpoint's
+//! `GET /healthz`). A second signal during the grace period cuts it short (the connections are still closed
+//! cleanly); the first signal after an admin-requested drain does not — an orchestrator that calls
+//! `POST /drain` and then sends SIGTERM (a Kubernetes preStop hook, say) gets the whole grace period.
 //!
 //! [`close_code::DRAINED`]: crate::reporter::close_code::DRAINED
 
@@ -80,7 +83,10 @@ pub struct Drainer {
     target: Arc<dyn Drainable>,
     grace: Duration,
     rx: watch::Receiver<Option<String>>,
+    switch: DrainSwitch,
     signals: bool,
+    /// Signals from the application instead of the process's (see [`Drainer::with_signals_from`]).
+    injected: Option<tokio::sync::mpsc::Receiver<&'static str>>,
 }
 
 impl std::fmt::Debug for Drainer {
@@ -109,7 +115,9 @@ impl Drainer {
                 target,
                 grace,
                 rx,
+                switch: switch.clone(),
                 signals: true,
+                injected: None,
             },
             switch,
         )
@@ -121,13 +129,24 @@ impl Drainer {
         self
     }
 
+    /// Takes signals (their names, e.g. "SIGTERM") from `rx` instead of installing handlers: for
+    /// applications that route signals themselves, and tests.
+    pub fn with_signals_from(mut self, rx: tokio::sync::mpsc::Receiver<&'static str>) -> Self {
+        self.signals = false;
+        self.injected = Some(rx);
+        self
+    }
+
     /// Waits for a trigger, then drains and closes the reporter. Returns when the agent may exit.
     pub async fn run(mut self) -> Result<DrainOutcome, Error> {
         let mut signals = Signals::new(self.signals)?;
-        let reason = tokio::select! {
-            name = signals.next() => name.to_owned(),
-            reason = wait_requested(&mut self.rx) => reason,
+        signals.injected = self.injected.take();
+        let (reason, by_signal) = tokio::select! {
+            name = signals.next() => (name.to_owned(), true),
+            reason = wait_requested(&mut self.rx) => (reason, false),
         };
+        // Make a signal-started drain visible to `is_draining` (health checks) like a requested one.
+        self.switch.drain(reason.clone());
         tracing::warn!(
             %reason,
             grace_ms = self.grace.as_millis() as u64,
@@ -136,11 +155,19 @@ impl Drainer {
         );
         self.target.set_accepting(false);
         self.reporter.goodbye(&reason, self.grace)?;
-        let interrupted = tokio::select! {
-            _ = tokio::time::sleep(self.grace) => false,
-            name = signals.next() => {
-                tracing::warn!(signal = name, "second signal: cutting the drain grace period short");
-                true
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let mut signalled = by_signal;
+        let interrupted = loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break false,
+                name = signals.next() => {
+                    if signalled {
+                        tracing::warn!(signal = name, "second signal: cutting the drain grace period short");
+                        break true;
+                    }
+                    tracing::info!(signal = name, "signal during a requested drain: finishing the grace period (send it again to stop at once)");
+                    signalled = true;
+                }
             }
         };
         self.reporter.close_drained().await;
@@ -172,6 +199,8 @@ struct Signals {
     int: Option<tokio::signal::unix::Signal>,
     #[cfg(not(unix))]
     enabled: bool,
+    /// Signals from the application instead (then `term`/`int` are off).
+    injected: Option<tokio::sync::mpsc::Receiver<&'static str>>,
 }
 
 impl Signals {
@@ -182,22 +211,33 @@ impl Signals {
             return Ok(Self {
                 term: None,
                 int: None,
+                injected: None,
             });
         }
         Ok(Self {
             term: Some(signal(SignalKind::terminate())?),
             int: Some(signal(SignalKind::interrupt())?),
+            injected: None,
         })
     }
 
     #[cfg(not(unix))]
     fn new(enabled: bool) -> Result<Self, Error> {
-        Ok(Self { enabled })
+        Ok(Self {
+            enabled,
+            injected: None,
+        })
     }
 
     /// The name of the next signal received; pending forever when disabled.
     #[cfg(unix)]
     async fn next(&mut self) -> &'static str {
+        if let Some(rx) = &mut self.injected {
+            return match rx.recv().await {
+                Some(name) => name,
+                None => std::future::pending().await,
+            };
+        }
         match (&mut self.term, &mut self.int) {
             (Some(term), Some(int)) => tokio::select! {
                 _ = term.recv() => "SIGTERM",
@@ -209,6 +249,12 @@ impl Signals {
 
     #[cfg(not(unix))]
     async fn next(&mut self) -> &'static str {
+        if let Some(rx) = &mut self.injected {
+            return match rx.recv().await {
+                Some(name) => name,
+                None => std::future::pending().await,
+            };
+        }
         if self.enabled {
             let _ = tokio::signal::ctrl_c().await;
             "Ctrl-C"

@@ -192,6 +192,54 @@ async fn admin_post_drain_triggers_a_drain_and_healthz_reports_it() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn a_signal_drain_shows_in_healthz_and_a_second_signal_cuts_it_short() {
+    let (mut s, drainer) = setup(Duration::from_secs(30)).await;
+    let (signal, signals) = tokio::sync::mpsc::channel(4);
+    let drainer = drainer.with_signals_from(signals);
+    let admin = admin::serve("127.0.0.1:0".parse().unwrap(), s.switch.clone())
+        .await
+        .unwrap();
+    let run = tokio::spawn(drainer.run());
+    signal.send("SIGTERM").await.unwrap();
+    let (goodbye, _) = until_goodbye(&mut s).await;
+    assert_eq!(goodbye.reason, "SIGTERM");
+    assert!(s.switch.is_draining());
+    let health = http(admin.local_addr(), "GET /healthz").await;
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    // The second signal: stop now, not after 30 s.
+    signal.send("SIGTERM").await.unwrap();
+    let outcome = tokio::time::timeout(STEP, run)
+        .await
+        .expect("cut short")
+        .unwrap()
+        .unwrap();
+    assert!(outcome.interrupted);
+    assert_closed_drained(&s.conn).await;
+}
+
+#[tokio::test]
+async fn the_first_signal_after_a_requested_drain_keeps_the_grace_period() {
+    let grace = Duration::from_millis(400);
+    let (mut s, drainer) = setup(grace).await;
+    let (signal, signals) = tokio::sync::mpsc::channel(4);
+    let drainer = drainer.with_signals_from(signals);
+    let started = std::time::Instant::now();
+    let run = tokio::spawn(drainer.run());
+    // An orchestrator's preStop hook asks for the drain, then the orchestrator sends SIGTERM.
+    assert!(s.switch.drain("preStop"));
+    let (goodbye, _) = until_goodbye(&mut s).await;
+    assert_eq!(goodbye.reason, "preStop");
+    signal.send("SIGTERM").await.unwrap();
+    let outcome = tokio::time::timeout(grace + STEP, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!outcome.interrupted);
+    assert!(started.elapsed() >= grace, "the grace period was kept");
+}
+
 async fn http(addr: std::net::SocketAddr, request_line: &str) -> String {
     http_body(addr, request_line, "").await
 }
