@@ -82,7 +82,7 @@ pub struct ProxyArgs {
     pub upstream: http::Uri,
     /// Put an ORCA `endpoint-load-metrics-bin` trailer on every response (for gRPC weighted_round_robin
     /// clients and Envoy).
-    #[arg(long, env = "LATERAL_AGENT_ORCA")]
+    #[arg(long, env = "LATERAL_AGENT_ORCA", value_parser = clap::builder::BoolishValueParser::new())]
     pub orca: bool,
     /// Reporting, TLS and drain options.
     #[command(flatten)]
@@ -264,7 +264,8 @@ pub struct ReportArgs {
     pub key: Option<PathBuf>,
     /// INSECURE: throwaway self-signed certificate, accept any coordinator. Development only; logs a loud
     /// warning.
-    #[arg(long, env = "LATERAL_AGENT_INSECURE_DEV", conflicts_with_all = ["ca", "cert", "key"])]
+    #[arg(long, env = "LATERAL_AGENT_INSECURE_DEV", conflicts_with_all = ["ca", "cert", "key"],
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_dev: bool,
     /// Heartbeat interval in milliseconds (one measurement per interval, sent to every coordinator).
     #[arg(long, env = "LATERAL_AGENT_INTERVAL_MS", default_value_t = 500, value_name = "MS",

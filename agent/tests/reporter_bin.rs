@@ -238,6 +238,40 @@ fn bad_flags_exit_2_naming_the_flag() {
     assert_eq!(code, Some(0));
 }
 
+#[test]
+fn switches_from_the_environment_take_1_yes_on_and_0_off() {
+    // The agent gets past TLS (so the switch parsed as on) and stops at the next check, a non-loopback
+    // admin address; with the switch off it stops at TLS.
+    let run = |value: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lateral-agent"))
+            .args([
+                "poll",
+                "--url",
+                "http://127.0.0.1:9/x",
+                "--endpoint-id",
+                "e",
+            ])
+            .args(["--admin-listen", "10.0.0.1:7444"])
+            .env("LATERAL_AGENT_INSECURE_DEV", value)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for on in ["1", "yes", "on", "true"] {
+        let (code, err) = run(on);
+        assert_eq!(code, Some(2), "{on}: {err}");
+        assert!(err.contains("--admin-listen"), "{on}: {err}");
+    }
+    for off in ["0", "no", "off", "false"] {
+        let (code, err) = run(off);
+        assert_eq!(code, Some(2), "{off}: {err}");
+        assert!(err.contains("--insecure-dev"), "{off}: {err}");
+    }
+}
+
 /// Agent CPU at 2 Hz heartbeats with one subscriber, poll mode (a poll and a heartbeat every 500 ms).
 /// Run: `cargo build --release -p lateral-agent && LATERAL_AGENT_BIN=$PWD/target/release/lateral-agent \
 ///       cargo test -p lateral-agent --test reporter_bin -- --ignored --nocapture`
