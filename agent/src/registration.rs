@@ -93,14 +93,13 @@ impl Registration {
         let mut backoff = BACKOFF_MIN;
         let mut first = 0usize;
         let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
+        // The lease last granted and not known to have expired: revoked on stop even if the session holding
+        // it failed since (a lost connection does not end a lease, and etcd may still hold the key).
+        let mut lease = None;
         loop {
-            let mut lease = None;
             let outcome = self.session(first, &stop, &mut lease, &mut backoff).await;
             if stop.is_cancelled() {
-                if let (Some((channel, id)), Ok(())) = (lease, &outcome) {
-                    self.revoke(channel, id).await;
-                }
-                return;
+                break;
             }
             if let Err(e) = outcome {
                 tracing::warn!(key = %self.key(), error = %e, retry_in_ms = backoff.as_millis() as u64, "etcd registration lost; registering again");
@@ -108,15 +107,18 @@ impl Registration {
             first = first.wrapping_add(1);
             let jittered = backoff.mul_f64(rng.random_range(0.5..=1.0));
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => break,
                 () = tokio::time::sleep(jittered) => {}
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+        if let Some((channel, id)) = lease {
+            self.revoke(channel, id).await;
+        }
     }
 
-    /// Grants a lease, writes the record, keeps the lease alive. Returns `Ok` when stopped (with the lease
-    /// in `lease` to revoke), `Err` when the registration was lost.
+    /// Grants a lease, writes the record, keeps the lease alive. Returns `Ok` when stopped, `Err` when the
+    /// registration was lost; `lease` holds the lease granted until it is known to have expired.
     async fn session(
         &self,
         first: usize,

@@ -20,6 +20,7 @@ use lateral_proto::etcd::{EndpointRecord, default_prefix};
 use tokio_util::sync::CancellationToken;
 
 const ETCD: &str = "/usr/bin/etcd";
+const LONG_LEASE: Duration = Duration::from_secs(30);
 
 /// An etcd server of its own on two free loopback ports and a temporary data directory.
 struct Etcd {
@@ -119,8 +120,12 @@ impl Drop for Etcd {
     }
 }
 
-/// Registers `backend` under service `svc` with a 2 s lease; the returned token deregisters it.
-fn register(etcd: &Etcd, backend: &Backend) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+/// Registers `backend` under service `svc` with a lease of `ttl`; the returned token deregisters it.
+fn register(
+    etcd: &Etcd,
+    backend: &Backend,
+    ttl: Duration,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let registration = Registration {
         etcd: vec![etcd.url.clone()],
         prefix: default_prefix("svc"),
@@ -133,7 +138,7 @@ fn register(etcd: &Etcd, backend: &Backend) -> (CancellationToken, tokio::task::
             static_weight: None,
             declared_capacity: None,
         },
-        ttl: Duration::from_secs(2),
+        ttl,
     };
     registration.validate().expect("a valid registration");
     let stop = CancellationToken::new();
@@ -170,8 +175,10 @@ async fn agents_register_and_the_coordinator_follows_them() {
     let etcd = Etcd::start().await;
     let pki = Pki::new("test-ca");
     let (a, b) = (start(&pki, "a").await, start(&pki, "b").await);
-    let (stop_a, task_a) = register(&etcd, &a);
-    let (_stop_b, _task_b) = register(&etcd, &b);
+    // Long leases: a key that disappears within seconds was revoked, not expired (and a loaded machine does
+    // not lose a lease between keep-alives).
+    let (stop_a, task_a) = register(&etcd, &a, LONG_LEASE);
+    let (_stop_b, _task_b) = register(&etcd, &b, LONG_LEASE);
     let (_coordinator, mut watcher) = coordinator_over(&etcd, &pki).await;
 
     // Both found in etcd, and their agents (at the addresses the records gave) heard over QUIC.
@@ -188,7 +195,7 @@ async fn agents_register_and_the_coordinator_follows_them() {
     stop_a.cancel();
     task_a.await.expect("the registration task ends");
     watcher
-        .until(Duration::from_secs(2), "a gone", |s| ids(s) == ["b"])
+        .until(Duration::from_secs(5), "a gone", |s| ids(s) == ["b"])
         .await;
 
     // Garbage and an id that is not the key's are left out; a later valid registration still gets through
@@ -207,7 +214,7 @@ async fn agents_register_and_the_coordinator_follows_them() {
     etcd.put(&format!("{prefix}not-b"), &squatter.encode())
         .await;
     let c = start(&pki, "c").await;
-    let (_stop_c, _task_c) = register(&etcd, &c);
+    let (_stop_c, _task_c) = register(&etcd, &c, LONG_LEASE);
     let snapshot = watcher
         .until(Duration::from_secs(10), "c joins", |s| {
             ids(s).contains(&"c")
@@ -227,8 +234,9 @@ async fn a_crashed_agent_expires_and_an_etcd_outage_keeps_the_last_set() {
     let mut etcd = Etcd::start().await;
     let pki = Pki::new("test-ca");
     let (a, b) = (start(&pki, "a").await, start(&pki, "b").await);
-    let (_stop_a, task_a) = register(&etcd, &a);
-    let (_stop_b, _task_b) = register(&etcd, &b);
+    // a's lease is short (it must expire within the test), b's long.
+    let (_stop_a, task_a) = register(&etcd, &a, Duration::from_secs(3));
+    let (_stop_b, _task_b) = register(&etcd, &b, LONG_LEASE);
     let (_coordinator, mut watcher) = coordinator_over(&etcd, &pki).await;
     watcher
         .until(Duration::from_secs(15), "a and b listed", |s| {
@@ -236,10 +244,10 @@ async fn a_crashed_agent_expires_and_an_etcd_outage_keeps_the_last_set() {
         })
         .await;
 
-    // A crash: the registration stops without revoking; the key expires with its 2 s lease.
+    // A crash: the registration stops without revoking; the key expires with its 3 s lease.
     task_a.abort();
     watcher
-        .until(Duration::from_secs(8), "a expired", |s| ids(s) == ["b"])
+        .until(Duration::from_secs(12), "a expired", |s| ids(s) == ["b"])
         .await;
 
     // etcd goes away: the coordinator keeps b (snapshots keep coming as liveness, b still in them).
@@ -255,7 +263,7 @@ async fn a_crashed_agent_expires_and_an_etcd_outage_keeps_the_last_set() {
     // etcd returns (same data): the source lists again and follows new registrations.
     etcd.spawn().await;
     let d = start(&pki, "d").await;
-    let (_stop_d, _task_d) = register(&etcd, &d);
+    let (_stop_d, _task_d) = register(&etcd, &d, LONG_LEASE);
     watcher
         .until(Duration::from_secs(20), "d joins after the outage", |s| {
             ids(s) == ["b", "d"]
