@@ -526,3 +526,44 @@ async fn two_agent_processes_share_the_window_through_redis() {
         "the retry through the other agent never reached the backend"
     );
 }
+
+/// What one dedup check costs: Redis on loopback against the in-memory store, sequential and 64 concurrent.
+/// Run: `cargo test --release -p lateral-agent --test dedup_redis -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_check_latency() {
+    let server = RedisServer::start();
+    let redis: Arc<dyn DedupStore> =
+        Arc::new(store(&server, patient(Duration::from_secs(60), "m:")).await);
+    let memory: Arc<dyn DedupStore> = Arc::new(lateral_agent::dedup::InMemoryDedup::new(
+        Duration::from_secs(60),
+        1_000_000,
+    ));
+    for (name, s) in [("in-memory", memory), ("redis", redis)] {
+        let n = 20_000;
+        let mut micros = Vec::with_capacity(n);
+        for i in 0..n {
+            let started = Instant::now();
+            s.check_and_insert(&format!("seq-{i}")).await.unwrap();
+            micros.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        micros.sort_by(f64::total_cmp);
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..64 {
+            let s = s.clone();
+            tasks.spawn(async move {
+                for i in 0..n / 64 {
+                    s.check_and_insert(&format!("par-{t}-{i}")).await.unwrap();
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let rate = (n / 64 * 64) as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "{name:>9}: sequential p50 {:.1} µs, p99 {:.1} µs; 64 concurrent: {rate:.0} checks/s",
+            micros[n / 2],
+            micros[n * 99 / 100]
+        );
+    }
+}
