@@ -237,7 +237,18 @@ async fn a_crashed_agent_expires_and_an_etcd_outage_keeps_the_last_set() {
     // a's lease is short (it must expire within the test), b's long.
     let (_stop_a, task_a) = register(&etcd, &a, Duration::from_secs(3));
     let (_stop_b, _task_b) = register(&etcd, &b, LONG_LEASE);
-    let (_coordinator, mut watcher) = coordinator_over(&etcd, &pki).await;
+    let (coordinator, mut watcher) = coordinator_over(&etcd, &pki).await;
+    let source_up = |coordinator: &Coordinator| {
+        let handle = coordinator.handle();
+        let text = handle
+            .metrics()
+            .render_prometheus(std::time::Instant::now(), handle.stats());
+        text.lines()
+            .find(|l| {
+                l.starts_with("lateral_coordinator_source_up{service=\"svc\",source=\"etcd[0]\"}")
+            })
+            .map(|l| l.ends_with(" 1"))
+    };
     watcher
         .until(Duration::from_secs(15), "a and b listed", |s| {
             ids(s) == ["a", "b"]
@@ -259,6 +270,12 @@ async fn a_crashed_agent_expires_and_an_etcd_outage_keeps_the_last_set() {
             .await;
         assert_eq!(ids(&s), ["b"], "the last set is kept while etcd is down");
     }
+    // ... and says its source is down.
+    eventually(Duration::from_secs(10), "source_up 0", || {
+        let up = source_up(&coordinator);
+        async move { up == Some(false) }
+    })
+    .await;
 
     // etcd returns (same data): the source lists again and follows new registrations.
     etcd.spawn().await;
@@ -269,4 +286,5 @@ async fn a_crashed_agent_expires_and_an_etcd_outage_keeps_the_last_set() {
             ids(s) == ["b", "d"]
         })
         .await;
+    assert_eq!(source_up(&coordinator), Some(true));
 }

@@ -5,19 +5,23 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::config::{DnsSourceConfig, EndpointConfig};
 use super::driver::{Command, EndpointSource};
+use super::metrics::CoordinatorMetrics;
 
 pub(crate) async fn run(
     service: String,
     source: usize,
     config: DnsSourceConfig,
     commands: mpsc::WeakSender<Command>,
+    metrics: Arc<CoordinatorMetrics>,
 ) {
+    let label = EndpointSource::Dns(source).label();
     let mut tick = tokio::time::interval(Duration::from_millis(config.refresh_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<BTreeSet<SocketAddr>> = None;
@@ -27,13 +31,16 @@ pub(crate) async fn run(
             Ok(addrs) => addrs.collect::<BTreeSet<_>>(),
             Err(e) => {
                 tracing::warn!(service, name = %config.name, error = %e, "DNS lookup failed; keeping the last endpoints");
+                metrics.on_source(&service, &label, false);
                 continue;
             }
         };
         if found.is_empty() {
             tracing::warn!(service, name = %config.name, "DNS returned no addresses; keeping the last endpoints");
+            metrics.on_source(&service, &label, false);
             continue;
         }
+        metrics.on_source(&service, &label, true);
         if last.as_ref() == Some(&found) {
             continue;
         }

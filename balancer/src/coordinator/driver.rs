@@ -75,6 +75,17 @@ pub(crate) enum EndpointSource {
     Etcd(usize),
 }
 
+impl EndpointSource {
+    /// The label of the source in metrics: `static`, `dns[0]`, `etcd[1]`.
+    pub(crate) fn label(&self) -> String {
+        match self {
+            Self::Static => "static".into(),
+            Self::Dns(i) => format!("dns[{i}]"),
+            Self::Etcd(i) => format!("etcd[{i}]"),
+        }
+    }
+}
+
 impl std::fmt::Display for EndpointSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -421,6 +432,7 @@ impl Driver {
                 index,
                 source.clone(),
                 self.command_sender.clone(),
+                Arc::clone(&self.metrics),
             )));
         }
         for (index, source) in service.etcd.iter().enumerate() {
@@ -429,6 +441,7 @@ impl Driver {
                 index,
                 source.clone(),
                 self.command_sender.clone(),
+                Arc::clone(&self.metrics),
             )));
         }
         tasks

@@ -9,6 +9,7 @@
 //! decode, or whose id is not its key's last segment, is logged with its key and left out.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lateral_proto::etcd::etcdserverpb::kv_client::KvClient;
@@ -24,6 +25,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::config::{EndpointConfig, EtcdSourceConfig, normalise_grpc_address};
 use super::driver::{Command, EndpointSource};
+use super::metrics::CoordinatorMetrics;
 use crate::Error;
 
 /// The most endpoints one source reports (keys beyond it are ignored, with a warning).
@@ -41,6 +43,7 @@ pub(crate) async fn run(
     index: usize,
     config: EtcdSourceConfig,
     commands: mpsc::WeakSender<Command>,
+    metrics: Arc<CoordinatorMetrics>,
 ) {
     let prefix = config.prefix_for(&service);
     let mut session = Session {
@@ -49,6 +52,7 @@ pub(crate) async fn run(
         members: Members::new(prefix.clone().into_bytes()),
         commands,
         reported: None,
+        metrics,
     };
     let mut backoff = BACKOFF_MIN;
     let mut first_url = 0usize;
@@ -61,6 +65,9 @@ pub(crate) async fn run(
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(service = %session.service, %prefix, error = %e, retry_in_ms = backoff.as_millis() as u64, "etcd source: keeping the last endpoints and retrying");
+                session
+                    .metrics
+                    .on_source(&session.service, &session.source.label(), false);
             }
         }
         first_url = first_url.wrapping_add(1);
@@ -77,6 +84,7 @@ struct Session {
     commands: mpsc::WeakSender<Command>,
     /// The set last sent to the driver (nothing is sent when a change leaves it the same).
     reported: Option<Vec<EndpointConfig>>,
+    metrics: Arc<CoordinatorMetrics>,
 }
 
 impl Session {
@@ -110,6 +118,8 @@ impl Session {
         let kvs = listed.kvs.into_iter().take(MAX_ENDPOINTS);
         self.members.replace_all(kvs.map(|kv| (kv.key, kv.value)));
         *backoff = BACKOFF_MIN;
+        self.metrics
+            .on_source(&self.service, &self.source.label(), true);
         if !self.report().await {
             return Ok(());
         }

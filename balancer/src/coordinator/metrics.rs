@@ -2,7 +2,10 @@
 //! ([`CoordinatorMetrics::render_prometheus`]) and the dashboard's state with a short history per endpoint
 //! ([`CoordinatorMetrics::state`]).
 //!
-//! The driver writes here after every heartbeat, publish, decision and alert; the HTTP server reads. One
+//! The driver writes here after every heartbeat, publish, decision and alert, and the DNS and etcd source
+//! tasks after every lookup or list (`lateral_coordinator_source_up`, `..._source_failures_total`: alert on
+//! a source that stays down, since its endpoints are then frozen at their last known set); the HTTP server
+//! reads. One
 //! `Mutex`, held for a few map updates; never on a client's pick path. Times are the driver's clock (tokio's
 //! `Instant`), passed in by the caller, like the engine: this module reads no clock.
 
@@ -49,6 +52,9 @@ struct Inner {
     alerts: BTreeMap<(String, String), u64>,
     recent_alerts: VecDeque<(Instant, String, String)>,
     heartbeat_spans: u64,
+    /// Dynamic endpoint sources by (service, source label): whether the last attempt worked, and how many
+    /// failed.
+    sources: BTreeMap<(String, String), (bool, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -227,7 +233,23 @@ impl CoordinatorMetrics {
 
     /// Forgets services that are no longer configured.
     pub(crate) fn retain_services(&self, keep: impl Fn(&str) -> bool) {
-        self.lock().services.retain(|name, _| keep(name));
+        let mut inner = self.lock();
+        inner.services.retain(|name, _| keep(name));
+        inner.sources.retain(|(name, _), _| keep(name));
+    }
+
+    /// Records whether a dynamic endpoint source (`dns[0]`, `etcd[1]`) just listed its endpoints (`ok`) or
+    /// failed to (it keeps the last ones).
+    pub(crate) fn on_source(&self, service: &str, source: &str, ok: bool) {
+        let mut inner = self.lock();
+        let entry = inner
+            .sources
+            .entry((service.to_string(), source.to_string()))
+            .or_default();
+        entry.0 = ok;
+        if !ok {
+            entry.1 += 1;
+        }
     }
 
     /// Counts a decision by rule.
@@ -474,6 +496,32 @@ impl CoordinatorMetrics {
                 name,
                 &[("service", s)],
                 if svc.static_fallback { 1.0 } else { 0.0 },
+            );
+        }
+        let name = "lateral_coordinator_source_up";
+        w.family(
+            name,
+            Kind::Gauge,
+            "1 while a DNS or etcd endpoint source answers, 0 while it fails (its last endpoints are kept).",
+        );
+        for ((s, source), (up, _)) in &inner.sources {
+            w.sample(
+                name,
+                &[("service", s), ("source", source)],
+                if *up { 1.0 } else { 0.0 },
+            );
+        }
+        let name = "lateral_coordinator_source_failures_total";
+        w.family(
+            name,
+            Kind::Counter,
+            "Failed lookups, lists or watches of a DNS or etcd endpoint source.",
+        );
+        for ((s, source), (_, failures)) in &inner.sources {
+            w.sample(
+                name,
+                &[("service", s), ("source", source)],
+                *failures as f64,
             );
         }
         let name = "lateral_coordinator_decisions_total";
