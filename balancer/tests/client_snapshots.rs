@@ -242,3 +242,37 @@ async fn a_backend_killed_mid_traffic_loses_no_retryable_request() {
     );
     assert!(a.arrivals() + b.arrivals() + c.arrivals() >= 900);
 }
+
+#[tokio::test]
+async fn versions_are_ordered_within_an_epoch_and_a_new_epoch_is_taken_whatever_its_version() {
+    let addr = "127.0.0.1:9".parse().unwrap(); // never dialed
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let balancer = Balancer::builder("echo").weights_feed(rx).build().unwrap();
+    let send = |epoch: u64, version: u64, a: f64| {
+        let mut s = snapshot(
+            "echo",
+            version,
+            500,
+            vec![ew("a", addr, a, Active), ew("b", addr, 1.0 - a, Active)],
+        );
+        s.epoch = epoch;
+        tx.send_replace(Some(Arc::new(s)));
+    };
+    let share_a = || {
+        balancer
+            .current_weights()
+            .into_iter()
+            .find(|(id, _)| id == "a")
+            .map_or(0.0, |(_, w)| w)
+    };
+    send(7, 10, 0.75);
+    until(|| balancer.metrics().snapshot_version() == 10).await;
+    // Same epoch, older version: a keep-alive, the weights stay.
+    send(7, 3, 0.25);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!((share_a() - 0.75).abs() < 1e-9);
+    // A new epoch (the coordinator restarted): taken although its version is lower.
+    send(8, 1, 0.25);
+    until(|| balancer.metrics().snapshot_version() == 1).await;
+    assert!((share_a() - 0.25).abs() < 1e-9);
+}

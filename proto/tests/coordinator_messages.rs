@@ -37,6 +37,7 @@ proptest! {
         version in any::<u64>(),
         endpoints in proptest::collection::vec(endpoint(), 0..6),
         static_fallback in any::<bool>(),
+        epoch in any::<u64>(),
     ) {
         let snap = WeightSnapshot {
             service: "greeter".into(),
@@ -45,6 +46,7 @@ proptest! {
             endpoints,
             generated_at: None,
             static_fallback,
+            epoch,
         };
         let bytes = snap.encode_to_vec();
         prop_assert_eq!(WeightSnapshot::decode(bytes.as_slice()).unwrap(), snap);

@@ -9,8 +9,10 @@
 //! - A snapshot is authoritative for membership: endpoints it lists but the builder did not configure are
 //!   dialed at the snapshot's address (logged); configured endpoints it does not list are removed (in-flight
 //!   calls on them finish: they hold the endpoint).
-//! - A snapshot whose version is not above the one in use is a keep-alive: it refreshes the staleness
-//!   deadline but changes nothing else. A snapshot for another service is ignored (logged).
+//! - A snapshot whose version is not above the one in use, from the same coordinator epoch, is a keep-alive:
+//!   it refreshes the staleness deadline but changes nothing else. A snapshot from another epoch (the
+//!   coordinator restarted, or the client now talks to another one) is taken whatever its version, since
+//!   versions start again with every coordinator process. A snapshot for another service is ignored (logged).
 //! - EJECTED, TRIPPED and DRAINING endpoints, and those at zero weight, get nothing.
 //! - Staleness: when no snapshot (or keep-alive) arrives within 2 × the snapshot's `heartbeat_interval`, the
 //!   last good weights stay in use, the stale flag is set, one warning is logged and
@@ -92,7 +94,8 @@ pub(crate) struct RoutingOptions {
 pub(crate) struct Policy {
     shared: Arc<Shared>,
     entries: Vec<Entry>,
-    last_version: Option<u64>,
+    /// The epoch and version of the snapshot in use.
+    last_version: Option<(u64, u64)>,
     stale_deadline: Option<Instant>,
     rng: SmallRng,
     refine_by_in_flight: bool,
@@ -190,10 +193,14 @@ impl Policy {
         if self.shared.metrics.stale.swap(false, Ordering::Relaxed) {
             tracing::info!(%service, version = snapshot.version, "weight snapshots resumed; weights fresh again");
         }
-        if self.last_version.is_some_and(|v| snapshot.version <= v) {
-            return;
+        match self.last_version {
+            Some((epoch, v)) if epoch == snapshot.epoch && snapshot.version <= v => return,
+            Some((epoch, _)) if epoch != snapshot.epoch => {
+                tracing::info!(%service, version = snapshot.version, "weight snapshots from a new coordinator epoch (a restart or another coordinator); taking its weights");
+            }
+            _ => {}
         }
-        self.last_version = Some(snapshot.version);
+        self.last_version = Some((snapshot.epoch, snapshot.version));
 
         let mut old: HashMap<String, Arc<EndpointHandle>> = self
             .entries
@@ -286,7 +293,7 @@ impl Policy {
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 service = %self.shared.service,
-                version = self.last_version.unwrap_or(0),
+                version = self.last_version.map_or(0, |(_, v)| v),
                 "no weight snapshot within two heartbeat intervals: keeping the last good weights (stale)"
             );
         }
@@ -489,7 +496,7 @@ impl Policy {
         let service = &self.shared.service;
         if self.entries.is_empty() {
             return match self.last_version {
-                Some(v) => format!(
+                Some((_, v)) => format!(
                     "the latest weight snapshot (version {v}) lists no endpoints of `{service}`"
                 ),
                 None => format!("no endpoints of `{service}` are configured"),

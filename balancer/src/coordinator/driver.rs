@@ -139,6 +139,15 @@ pub(crate) struct Driver {
     log: Arc<DecisionLog>,
     metrics: Arc<CoordinatorMetrics>,
     clock: WallClock,
+    /// This process's snapshot epoch (see `WeightSnapshot.epoch`).
+    epoch: u64,
+}
+
+/// A random, non-zero epoch: a restarted coordinator's versions start again, and clients tell its
+/// snapshots from the previous process's by this.
+fn new_epoch() -> u64 {
+    use rand::Rng;
+    rand::rng().random_range(1..=u64::MAX)
 }
 
 impl Driver {
@@ -161,6 +170,7 @@ impl Driver {
             log,
             metrics,
             clock: WallClock::new(now()),
+            epoch: new_epoch(),
         };
         driver.apply_config(config);
         driver
@@ -340,7 +350,7 @@ impl Driver {
             );
             let snapshot = snapshot_of(
                 &service.name,
-                service.published_version,
+                (self.epoch, service.published_version),
                 self.config.engine.heartbeat_interval,
                 table,
                 self.clock.timestamp(now()),
@@ -611,7 +621,7 @@ pub(crate) fn state_to_proto(state: EndpointState) -> pb::EndpointState {
 
 fn snapshot_of(
     service: &str,
-    version: u64,
+    (epoch, version): (u64, u64),
     interval: Duration,
     table: &WeightTable,
     generated_at: prost_types::Timestamp,
@@ -619,6 +629,7 @@ fn snapshot_of(
     WeightSnapshot {
         service: service.to_string(),
         version,
+        epoch,
         heartbeat_interval: prost_types::Duration::try_from(interval).ok(),
         endpoints: table
             .entries

@@ -233,6 +233,7 @@ pub fn snapshot(
         endpoints,
         generated_at: None,
         static_fallback: false,
+        epoch: 1,
     }
 }
 
