@@ -54,6 +54,8 @@ pub struct CoordinatorHandle {
     stats: Arc<IngestStats>,
     metrics: Arc<CoordinatorMetrics>,
     services: RwLock<BTreeSet<String>>,
+    /// This process's epoch (`WeightSnapshot.epoch`, `GetDecisionsResponse.epoch`).
+    epoch: u64,
 }
 
 impl CoordinatorHandle {
@@ -82,6 +84,12 @@ impl CoordinatorHandle {
     /// The decision and alert log.
     pub fn decisions(&self) -> &DecisionLog {
         &self.log
+    }
+
+    /// This process's epoch: random, non-zero, carried by every snapshot and decisions answer (versions and
+    /// sequences are ordered within one epoch).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Ingest counters.
@@ -143,6 +151,7 @@ impl Coordinator {
         let services = config.services.iter().map(|s| s.name.clone()).collect();
         let grpc_listen = config.listen.grpc;
         let http_listen = config.listen.http;
+        let epoch = driver::new_epoch();
         let driver = Driver::new(
             config,
             settings,
@@ -151,6 +160,7 @@ impl Coordinator {
             command_tx.downgrade(),
             log.clone(),
             metrics.clone(),
+            epoch,
         );
         let driver = tokio::spawn(driver.run());
         let handle = Arc::new(CoordinatorHandle {
@@ -159,6 +169,7 @@ impl Coordinator {
             stats,
             metrics,
             services: RwLock::new(services),
+            epoch,
         });
         let grpc = match grpc_listen {
             Some(addr) => Some(serve_grpc(addr, handle.clone()).await?),

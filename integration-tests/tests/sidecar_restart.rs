@@ -6,6 +6,21 @@ use std::time::Duration;
 use lateral_balancer::client::Balancer;
 use lateral_balancer::coordinator::Coordinator;
 use lateral_integration_tests::*;
+use lateral_proto::coordinator::GetDecisionsRequest;
+use lateral_proto::coordinator::coordinator_client::CoordinatorClient;
+
+/// The epoch a coordinator's GetDecisions answer carries.
+async fn decisions_epoch(port: std::net::SocketAddr) -> u64 {
+    let mut client = CoordinatorClient::connect(format!("http://{port}"))
+        .await
+        .expect("connect");
+    client
+        .get_decisions(GetDecisionsRequest::default())
+        .await
+        .expect("GetDecisions")
+        .into_inner()
+        .epoch
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_coordinator_is_followed_although_its_versions_start_again() {
@@ -37,6 +52,8 @@ async fn a_restarted_coordinator_is_followed_although_its_versions_start_again()
     )
     .await;
     let before = balancer.metrics().snapshot_version();
+    let first_epoch = decisions_epoch(port).await;
+    assert_eq!(first_epoch, first.handle().epoch());
     first.shutdown().await;
 
     // The new process lists only `b`: its first snapshots have versions far below the last one used.
@@ -58,5 +75,9 @@ async fn a_restarted_coordinator_is_followed_although_its_versions_start_again()
         before,
         balancer.metrics().snapshot_version()
     );
+    // Decision sequences start again too; the epoch tells a poller so.
+    let second_epoch = decisions_epoch(port).await;
+    assert_ne!(second_epoch, 0);
+    assert_ne!(second_epoch, first_epoch);
     drop(second);
 }

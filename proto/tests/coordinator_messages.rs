@@ -69,6 +69,7 @@ proptest! {
                 inputs: [("missed".to_string(), 3.0)].into(),
             }],
             alerts: vec![],
+            epoch: seq.rotate_left(7),
         };
         let bytes = resp.encode_to_vec();
         prop_assert_eq!(GetDecisionsResponse::decode(bytes.as_slice()).unwrap(), resp);

@@ -145,7 +145,7 @@ pub(crate) struct Driver {
 
 /// A random, non-zero epoch: a restarted coordinator's versions start again, and clients tell its
 /// snapshots from the previous process's by this.
-fn new_epoch() -> u64 {
+pub(crate) fn new_epoch() -> u64 {
     use rand::Rng;
     rand::rng().random_range(1..=u64::MAX)
 }
@@ -159,6 +159,7 @@ impl Driver {
         command_sender: mpsc::WeakSender<Command>,
         log: Arc<DecisionLog>,
         metrics: Arc<CoordinatorMetrics>,
+        epoch: u64,
     ) -> Self {
         let mut driver = Self {
             config: config.clone(),
@@ -170,7 +171,7 @@ impl Driver {
             log,
             metrics,
             clock: WallClock::new(now()),
-            epoch: new_epoch(),
+            epoch,
         };
         driver.apply_config(config);
         driver

@@ -86,6 +86,10 @@ impl CoordinatorApi for CoordinatorService {
             self.handle
                 .log
                 .query(&r.service, &r.endpoint, r.after_sequence, limit);
-        Ok(Response::new(GetDecisionsResponse { decisions, alerts }))
+        Ok(Response::new(GetDecisionsResponse {
+            decisions,
+            alerts,
+            epoch: self.handle.epoch(),
+        }))
     }
 }
