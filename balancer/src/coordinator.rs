@@ -152,16 +152,12 @@ impl Coordinator {
         let grpc_listen = config.listen.grpc;
         let http_listen = config.listen.http;
         let epoch = driver::new_epoch();
-        let driver = Driver::new(
-            config,
-            settings,
-            event_rx,
-            command_rx,
-            command_tx.downgrade(),
-            log.clone(),
-            metrics.clone(),
-            epoch,
-        );
+        let inbox = driver::Inbox {
+            events: event_rx,
+            commands: command_rx,
+            command_sender: command_tx.downgrade(),
+        };
+        let driver = Driver::new(config, settings, inbox, log.clone(), metrics.clone(), epoch);
         let driver = tokio::spawn(driver.run());
         let handle = Arc::new(CoordinatorHandle {
             commands: command_tx,

@@ -150,17 +150,28 @@ pub(crate) fn new_epoch() -> u64 {
     rand::rng().random_range(1..=u64::MAX)
 }
 
+/// What the driver reads from: heartbeats and goodbyes from the ingest tasks, commands from the handle and
+/// the source tasks (which get `command_sender` to send theirs).
+pub(crate) struct Inbox {
+    pub(crate) events: mpsc::Receiver<IngestEvent>,
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) command_sender: mpsc::WeakSender<Command>,
+}
+
 impl Driver {
     pub(crate) fn new(
         config: CoordinatorConfig,
         ingest: IngestSettings,
-        events: mpsc::Receiver<IngestEvent>,
-        commands: mpsc::Receiver<Command>,
-        command_sender: mpsc::WeakSender<Command>,
+        inbox: Inbox,
         log: Arc<DecisionLog>,
         metrics: Arc<CoordinatorMetrics>,
         epoch: u64,
     ) -> Self {
+        let Inbox {
+            events,
+            commands,
+            command_sender,
+        } = inbox;
         let mut driver = Self {
             config: config.clone(),
             services: HashMap::new(),
