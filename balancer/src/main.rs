@@ -19,7 +19,9 @@ EXAMPLES:
     LATERAL_GRPC_LISTEN=127.0.0.1:50100 lateral-coordinator --config dev.toml --insecure-dev
 
 WHAT IT DOES:
-  For every [[service.endpoint]] it dials the endpoint's agent over QUIC (mutual TLS from the CA in [tls]),
+  Endpoints come from [[service.endpoint]] entries, [[service.dns]] names re-resolved periodically, or
+  [[service.etcd]] prefixes where agents register (lateral-agent --etcd ...; listed, then watched).
+  For every endpoint it dials the endpoint's agent over QUIC (mutual TLS from the CA in [tls]),
   receives a heartbeat every 500 ms, computes weights (capacity headroom, smoothing, floors, freshness,
   re-admission, canary breaker; see [engine]) and streams them to clients with
   lateral.v1.Coordinator/WatchWeights. Every decision is logged with its rule and reason
