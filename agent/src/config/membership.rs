@@ -9,7 +9,7 @@ use clap::Args;
 use lateral_proto::etcd::{EndpointRecord, default_prefix};
 
 use crate::Error;
-use crate::registration::{MIN_TTL, Registration};
+use crate::registration::Registration;
 
 /// Membership options; off unless `--etcd` is given.
 #[derive(Debug, Args)]
@@ -139,7 +139,7 @@ impl MembershipArgs {
                 static_weight: self.static_weight,
                 declared_capacity,
             },
-            ttl: Duration::from_millis(self.etcd_ttl_ms).max(MIN_TTL),
+            ttl: Duration::from_millis(self.etcd_ttl_ms),
         };
         registration.validate()?;
         Ok(Some(registration))

@@ -336,9 +336,8 @@ impl ZoneSplit {
 #[derive(Debug)]
 pub(crate) struct ZoneMetrics {
     enabled: AtomicBool,
-    spilling: AtomicBool,
     transitions: AtomicU64,
-    /// The local fraction, as `f64` bits.
+    /// The local fraction, as `f64` bits (spilling is `< 1`).
     keep_bits: AtomicU64,
 }
 
@@ -346,7 +345,6 @@ impl Default for ZoneMetrics {
     fn default() -> Self {
         Self {
             enabled: AtomicBool::new(false),
-            spilling: AtomicBool::new(false),
             transitions: AtomicU64::new(0),
             keep_bits: AtomicU64::new(1.0f64.to_bits()),
         }
@@ -358,18 +356,19 @@ impl ZoneMetrics {
         self.enabled.store(true, Ordering::Relaxed);
     }
 
-    /// Records the state after an evaluation.
+    /// Records the state after an evaluation; a change of mode (local ↔ spill) counts as a transition.
     pub(crate) fn set(&self, state: &ZoneState) {
-        let spilling = state.mode() == ZoneMode::Spill;
-        self.keep_bits
-            .store(state.keep().to_bits(), Ordering::Relaxed);
-        if self.spilling.swap(spilling, Ordering::Relaxed) != spilling {
+        let old = f64::from_bits(
+            self.keep_bits
+                .swap(state.keep().to_bits(), Ordering::Relaxed),
+        );
+        if (old < 1.0) != (state.mode() == ZoneMode::Spill) {
             self.transitions.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn spilling(&self) -> bool {
-        self.spilling.load(Ordering::Relaxed)
+        self.local_fraction() < 1.0
     }
 
     pub(crate) fn transitions(&self) -> u64 {
