@@ -187,18 +187,22 @@ async fn poll_mode_reports_over_mutual_tls_and_drains_on_sigterm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Runs the agent binary to completion with `args` and extra environment `env`: its exit code and stderr.
+fn run_agent(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lateral-agent"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn bad_flags_exit_2_naming_the_flag() {
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_lateral-agent"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| run_agent(args, &[]);
     let (code, err) = run(&[
         "poll",
         "--url",
@@ -243,21 +247,17 @@ fn switches_from_the_environment_take_1_yes_on_and_0_off() {
     // The agent gets past TLS (so the switch parsed as on) and stops at the next check, a non-loopback
     // admin address; with the switch off it stops at TLS.
     let run = |value: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_lateral-agent"))
-            .args([
+        run_agent(
+            &[
                 "poll",
                 "--url",
                 "http://127.0.0.1:9/x",
                 "--endpoint-id",
                 "e",
-            ])
-            .args(["--admin-listen", "10.0.0.1:7444"])
-            .env("LATERAL_AGENT_INSECURE_DEV", value)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+                "--admin-listen",
+                "10.0.0.1:7444",
+            ],
+            &[("LATERAL_AGENT_INSECURE_DEV", value)],
         )
     };
     for on in ["1", "yes", "on", "true"] {

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use lateral_balancer::client::Balancer;
-use lateral_examples::backend::BackendSpec;
 use lateral_integration_tests::*;
 use lateral_proto::demo::EchoRequest;
 use lateral_proto::demo::echo_client::EchoClient;
@@ -12,24 +11,7 @@ use lateral_proto::demo::echo_client::EchoClient;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_balancer_moves_traffic_toward_the_faster_backend() {
     let pki = Pki::new("test-ca");
-    let beat = Duration::from_millis(50);
-    let fast = backend(
-        BackendSpec::new("fast", 8, Duration::from_millis(4)),
-        beat,
-        pki.mode("agent"),
-    )
-    .await;
-    let slow = backend(
-        BackendSpec::new("slow", 8, Duration::from_millis(16)),
-        beat,
-        pki.mode("agent"),
-    )
-    .await;
-    let mut config = coordinator_config(
-        pki.coordinator_tls(),
-        fast_engine(),
-        vec![endpoint_of(&fast), endpoint_of(&slow)],
-    );
+    let ([fast, slow], mut config) = fleet(&pki, [("fast", 8, 4), ("slow", 8, 16)]).await;
     config.listen.grpc = None;
     let balancer = Balancer::builder("svc")
         .endpoints([("fast", fast.uri()), ("slow", slow.uri())])

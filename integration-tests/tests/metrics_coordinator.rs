@@ -6,11 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use lateral_balancer::coordinator::Coordinator;
-use lateral_examples::backend::BackendSpec;
 use lateral_integration_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const BEAT: Duration = Duration::from_millis(50);
 
 /// `GET path` over HTTP/1.1 with `Connection: close`: (status, content-type, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
@@ -185,23 +182,8 @@ fn the_parser_handles_escapes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_dashboard_after_heartbeats() {
     let pki = Pki::new("test-ca");
-    let fast = backend(
-        BackendSpec::new("fast", 8, Duration::from_millis(5)),
-        BEAT,
-        pki.mode("agent"),
-    )
-    .await;
-    let slow = backend(
-        BackendSpec::new("slow \"quoted\"", 8, Duration::from_millis(20)),
-        BEAT,
-        pki.mode("agent"),
-    )
-    .await;
-    let mut config = coordinator_config(
-        pki.coordinator_tls(),
-        fast_engine(),
-        vec![endpoint_of(&fast), endpoint_of(&slow)],
-    );
+    let ([fast, slow], mut config) =
+        fleet(&pki, [("fast", 8, 5), ("slow \"quoted\"", 8, 20)]).await;
     config.listen.http = Some(any_port());
     let coordinator = Coordinator::start(config).await.unwrap();
     let http = coordinator.http_addr().expect("HTTP is listening");

@@ -864,6 +864,14 @@ pub struct BackendTruth {
 mod tests {
     use super::*;
 
+    /// The error `text` (named `file`) is refused with; empty if it parses.
+    fn error_of(text: &str, file: &str) -> String {
+        Scenario::parse(text, file)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
     #[test]
     fn built_ins_parse() {
         for (name, _) in BUILT_IN {
@@ -874,42 +882,30 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_field() {
-        let e = Scenario::parse(
+        let e = error_of(
             "name='x'\nduration_s=1\nload=0.5\n[[backend]]\nname='a'\nslots=0\nservice_time_ms=5\n",
             "x.toml",
-        )
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+        );
         assert!(
             e.contains("x.toml") && e.contains("backend[0].slots"),
             "{e}"
         );
-        let e = Scenario::parse(
+        let e = error_of(
             "name='x'\nduration_s=1\nload=0.5\nbogus=1\n[[backend]]\nname='a'\nslots=1\nservice_time_ms=5\n",
             "y.toml",
-        )
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+        );
         assert!(e.contains("y.toml") && e.contains("bogus"), "{e}");
-        let e = Scenario::parse(
+        let e = error_of(
             "name='x'\nduration_s=1\nload=0.5\n[[backend]]\nname='a'\nslots=1\nservice_time_ms=5\n\
              [[event]]\nat_s=0\nbackend='a'\nkind='kill'\nfactr=2\n",
             "z.toml",
-        )
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+        );
         assert!(e.contains("z.toml") && e.contains("factr"), "{e}");
-        let e = Scenario::parse(
+        let e = error_of(
             "name='x'\nduration_s=1\nload=0.5\n[[backend]]\nname='a'\nslots=1\nservice_time_ms=5\n\
              [[event]]\nat_s=0\nbackend='a'\nkind='kill'\nfactor=2\n",
             "w.toml",
-        )
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+        );
         assert!(
             e.contains("w.toml") && e.contains("no field `factor`"),
             "{e}"
@@ -949,10 +945,7 @@ mod tests {
             ("hash_key=5", "hash_key"),
             ("client_zone='z1'\nzone_policy={dwell=1}", "dwell"),
         ] {
-            let e = Scenario::parse(&format!("{base}[routing]\n{routing}\n"), "r.toml")
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let e = error_of(&format!("{base}[routing]\n{routing}\n"), "r.toml");
             assert!(e.contains("r.toml") && e.contains(field), "{routing}: {e}");
         }
     }
