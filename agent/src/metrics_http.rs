@@ -342,6 +342,9 @@ mod tests {
             accepting: true,
             declared_capacity: None,
             utilization: None,
+            mean_in_flight: 3.0,
+            busy_fraction: None,
+            oldest_in_flight: None,
         });
         let text = metrics.render_prometheus();
         assert!(

@@ -26,6 +26,10 @@
 //! | `utilization` | fraction 0..1 | `utilization` | from `cpu_percent` |
 //! | `cpu_percent` | 0..100 | `utilization = cpu_percent / 100`, only when `utilization` is missing | none |
 //!
+//! A poll sees one moment, so `mean_in_flight` is that poll's `in_flight`, and `busy_fraction` and
+//! `oldest_in_flight` are `None` (nothing to integrate over time; the heartbeat's `utilization` then comes
+//! from `utilization` / `cpu_percent` only).
+//!
 //! Latencies are capped at one day. `window` is the time since the previous successful poll on the poller's
 //! [`Clock`] (the configured interval for the first one).
 //!
@@ -148,6 +152,10 @@ pub fn normalise(
         accepting: report.accepting.unwrap_or(true),
         declared_capacity,
         utilization,
+        // A poll sees one moment: its in-flight figure stands for the window; nothing to integrate or age.
+        mean_in_flight: f64::from(in_flight),
+        busy_fraction: None,
+        oldest_in_flight: None,
     }
 }
 
@@ -164,6 +172,9 @@ pub fn unreadable(window: Duration) -> Measurement {
         accepting: false,
         declared_capacity: None,
         utilization: None,
+        mean_in_flight: 0.0,
+        busy_fraction: None,
+        oldest_in_flight: None,
     }
 }
 

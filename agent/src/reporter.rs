@@ -379,6 +379,9 @@ mod tests {
                 accepting: true,
                 declared_capacity: None,
                 utilization: None,
+                mean_in_flight: n as f64,
+                busy_fraction: None,
+                oldest_in_flight: None,
             }
         }
     }

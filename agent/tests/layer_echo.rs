@@ -150,12 +150,26 @@ async fn orca_report_rides_on_trailers_and_trailers_only_headers() {
     );
     assert!((report.eps - 1.0 / secs).abs() < 1e-6, "{report:?}");
     assert!(report.rps_fractional.is_finite() && report.rps_fractional > 0.0);
+    // The busy measure weighted round robin divides qps by: the closed window's mean in-flight over the
+    // declared capacity, non-zero since the warm-up requests were in flight for part of it.
+    assert!(window.mean_in_flight > 0.0, "{window:?}");
     assert_eq!(
-        report.application_utilization, 0.0,
-        "only itself in flight, and the request a report answers is left out"
+        report.application_utilization,
+        window.mean_in_flight / 10.0,
+        "{report:?}"
+    );
+    assert_eq!(
+        report.utilization.get("in_flight"),
+        Some(&report.application_utilization)
     );
     assert_eq!(report.cpu_utilization, 0.4);
+    // The raw count includes the request the report answers.
     assert_eq!(report.named_metrics.get("in_flight"), Some(&1.0));
+    let oldest_ms = report.named_metrics.get("oldest_in_flight_ms").copied();
+    assert!(
+        oldest_ms.is_some_and(|ms| (0.0..5_000.0).contains(&ms)),
+        "{report:?}"
+    );
 
     // Trailers-only failure: the report is in the headers.
     let status = c.unary(req("x", 0, 14)).await.unwrap_err();
@@ -172,8 +186,12 @@ async fn orca_report_rides_on_trailers_and_trailers_only_headers() {
     let report = lateral_agent::orca::decode_metadata(&trailers)
         .unwrap()
         .expect("ORCA trailer present");
-    // Only the stream itself was in flight: nothing else busies the backend.
-    assert_eq!(report.application_utilization, 0.0, "{report:?}");
+    // No window closed since: the same windowed figure, whatever is in flight now.
+    assert_eq!(
+        report.application_utilization,
+        window.mean_in_flight / 10.0,
+        "{report:?}"
+    );
     assert_eq!(report.named_metrics.get("in_flight"), Some(&1.0));
 }
 

@@ -31,6 +31,9 @@ impl MeasurementSource for Flag {
             accepting: self.0.load(Ordering::SeqCst),
             declared_capacity: None,
             utilization: None,
+            mean_in_flight: 0.0,
+            busy_fraction: None,
+            oldest_in_flight: None,
         }
     }
 }

@@ -36,6 +36,9 @@ impl MeasurementSource for Counting {
             accepting: true,
             declared_capacity: Some(100),
             utilization: None,
+            mean_in_flight: 2.0,
+            busy_fraction: Some(0.02),
+            oldest_in_flight: Some(Duration::from_millis(4)),
         }
     }
 }
@@ -149,6 +152,10 @@ async fn hello_then_heartbeats_with_consecutive_sequence_numbers() {
     assert_eq!(last.window_us, 50_000);
     assert_eq!(last.latency_p99_us, 9_000);
     assert_eq!(last.declared_capacity, Some(100));
+    // Version-2 fields over the wire; no explicit utilization, so the busy fraction stands in.
+    assert_eq!(last.utilization, Some(0.02));
+    assert_eq!(last.mean_in_flight, 2.0);
+    assert_eq!(last.oldest_in_flight_us, 4_000);
     assert!(last.accepting);
     assert_eq!(handle.subscribers(), 1);
     handle.shutdown().await;

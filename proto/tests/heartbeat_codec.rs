@@ -2,7 +2,7 @@
 
 use lateral_proto::heartbeat::{
     FrameError, Goodbye, HEADER_LEN, Heartbeat, Hello, MAGIC, MAX_BODY_LEN, Message,
-    PROTOCOL_VERSION, decode, encode,
+    OLDEST_DECODED_VERSION, PROTOCOL_VERSION, decode, decode_body, decode_body_as, encode,
 };
 use proptest::prelude::*;
 
@@ -38,11 +38,13 @@ fn heartbeat() -> impl Strategy<Value = Message> {
         ),
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()),
         (any::<Option<u32>>(), any::<Option<f64>>(), any::<u64>()),
+        (any::<u64>(), any::<f64>()),
     )
         .prop_map(
-            |((sequence, in_flight, completed, failed, window_us), lat, rest)| {
+            |((sequence, in_flight, completed, failed, window_us), lat, rest, v2)| {
                 let (latency_mean_us, latency_p50_us, latency_p99_us, accepting) = lat;
                 let (declared_capacity, utilization, sender_monotonic_us) = rest;
+                let (oldest_in_flight_us, mean_in_flight) = v2;
                 Message::Heartbeat(Heartbeat {
                     sequence,
                     in_flight,
@@ -56,6 +58,8 @@ fn heartbeat() -> impl Strategy<Value = Message> {
                     declared_capacity,
                     utilization,
                     sender_monotonic_us,
+                    oldest_in_flight_us,
+                    mean_in_flight,
                 })
             },
         )
@@ -74,19 +78,19 @@ fn message() -> impl Strategy<Value = Message> {
     prop_oneof![hello(), heartbeat(), goodbye()]
 }
 
-/// NaN never equals itself; compare utilization bit for bit instead.
+/// NaN never equals itself; compare the floats bit for bit instead.
 fn same(a: &Message, b: &Message) -> bool {
     match (a, b) {
         (Message::Heartbeat(x), Message::Heartbeat(y)) => {
             let bits = |u: Option<f64>| u.map(f64::to_bits);
+            let no_floats = |h: &Heartbeat| Heartbeat {
+                utilization: None,
+                mean_in_flight: 0.0,
+                ..h.clone()
+            };
             bits(x.utilization) == bits(y.utilization)
-                && Heartbeat {
-                    utilization: None,
-                    ..x.clone()
-                } == Heartbeat {
-                    utilization: None,
-                    ..y.clone()
-                }
+                && x.mean_in_flight.to_bits() == y.mean_in_flight.to_bits()
+                && no_floats(x) == no_floats(y)
         }
         _ => a == b,
     }
@@ -130,8 +134,11 @@ proptest! {
     }
 
     #[test]
-    fn random_bodies_behind_a_valid_header_never_panic(body in proptest::collection::vec(any::<u8>(), 1..256)) {
-        let mut frame = header(PROTOCOL_VERSION, body.len() as u32);
+    fn random_bodies_behind_a_valid_header_never_panic(
+        body in proptest::collection::vec(any::<u8>(), 1..256),
+        version in OLDEST_DECODED_VERSION..=PROTOCOL_VERSION,
+    ) {
+        let mut frame = header(version, body.len() as u32);
         frame.extend(&body);
         match decode(&frame) {
             Ok(Some((_, used))) => prop_assert_eq!(used, frame.len()),
@@ -163,6 +170,8 @@ fn sample() -> Message {
         declared_capacity: Some(16),
         utilization: Some(0.4),
         sender_monotonic_us: 1_000_000,
+        oldest_in_flight_us: 12_345,
+        mean_in_flight: 2.5,
     })
 }
 
@@ -181,12 +190,114 @@ fn wrong_magic_is_refused_from_the_first_byte() {
 }
 
 #[test]
+fn encoders_write_version_2() {
+    assert_eq!(PROTOCOL_VERSION, 2);
+    assert_eq!(OLDEST_DECODED_VERSION, 1);
+    let frame = encode(&sample()).unwrap();
+    assert_eq!(frame[4..6], 2u16.to_be_bytes());
+}
+
+#[test]
 fn unknown_version_is_refused_with_a_clear_error() {
-    let mut frame = encode(&sample()).unwrap();
-    frame[4..6].copy_from_slice(&2u16.to_be_bytes());
-    let err = decode(&frame).unwrap_err();
-    assert_eq!(err, FrameError::UnsupportedVersion { found: 2 });
-    assert!(err.to_string().contains("version 2"), "{err}");
+    for version in [0u16, 3, u16::MAX] {
+        let mut frame = encode(&sample()).unwrap();
+        frame[4..6].copy_from_slice(&version.to_be_bytes());
+        let err = decode(&frame).unwrap_err();
+        assert_eq!(err, FrameError::UnsupportedVersion { found: version });
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("version {version};")) && text.contains("speaks version 2"),
+            "{text}"
+        );
+    }
+    let body = &encode(&sample()).unwrap()[HEADER_LEN..];
+    assert_eq!(
+        decode_body_as(3, body),
+        Err(FrameError::UnsupportedVersion { found: 3 })
+    );
+}
+
+/// bincode 2's standard varint: one byte below 251, else a marker and the little-endian integer.
+fn varint(v: u64) -> Vec<u8> {
+    match v {
+        0..=250 => vec![v as u8],
+        251..=0xFFFF => [vec![251], (v as u16).to_le_bytes().to_vec()].concat(),
+        0x1_0000..=0xFFFF_FFFF => [vec![252], (v as u32).to_le_bytes().to_vec()].concat(),
+        _ => [vec![253], v.to_le_bytes().to_vec()].concat(),
+    }
+}
+
+/// A version-1 heartbeat body built byte by byte, as an older agent sends it: the variant index, then the
+/// twelve version-1 fields and nothing else.
+fn v1_heartbeat_body() -> Vec<u8> {
+    let mut body = varint(1); // Message::Heartbeat
+    for v in [7, 3, 120, 2, 500_000, 4_100, 3_900, 9_800] {
+        body.extend(varint(v)); // sequence, in_flight, completed, failed, window_us, latencies
+    }
+    body.push(1); // accepting
+    body.push(1); // declared_capacity: Some
+    body.extend(varint(16));
+    body.push(1); // utilization: Some
+    body.extend(0.4f64.to_le_bytes());
+    body.extend(varint(1_000_000)); // sender_monotonic_us
+    body
+}
+
+fn v1_sample() -> Message {
+    let Message::Heartbeat(hb) = sample() else {
+        unreachable!()
+    };
+    Message::Heartbeat(Heartbeat {
+        oldest_in_flight_us: 0,
+        mean_in_flight: 0.0,
+        ..hb
+    })
+}
+
+#[test]
+fn a_hand_built_version_1_frame_still_decodes_with_the_new_fields_zero() {
+    let body = v1_heartbeat_body();
+    let mut frame = header(1, body.len() as u32);
+    frame.extend(&body);
+    let (decoded, used) = decode(&frame).unwrap().unwrap();
+    assert_eq!(used, frame.len());
+    assert_eq!(decoded, v1_sample());
+    // Parsing the header and decoding the body with its version is the same thing.
+    let parsed =
+        lateral_proto::heartbeat::FrameHeader::parse(frame.first_chunk().unwrap()).unwrap();
+    assert_eq!(parsed.version, 1);
+    assert_eq!(decode_body_as(parsed.version, &body).unwrap(), v1_sample());
+    // A caller that kept only the body (no version) gets the same message.
+    assert_eq!(decode_body(&body).unwrap(), v1_sample());
+    // ... and a version-2 body through the same call is decoded as version 2.
+    let v2 = encode(&sample()).unwrap();
+    assert_eq!(decode_body(&v2[HEADER_LEN..]).unwrap(), sample());
+    // A version-1 body is too short for version 2: decoding it as such is an error, not a guess.
+    assert!(matches!(
+        decode_body_as(PROTOCOL_VERSION, &body),
+        Err(FrameError::Body(_))
+    ));
+}
+
+#[test]
+fn version_1_hello_and_goodbye_still_decode() {
+    let hello = Message::Hello(Hello {
+        agent_id: "a".into(),
+        endpoint_id: "e".into(),
+        protocol_version: 1,
+        capabilities: vec!["drain".into()],
+        heartbeat_interval_ms: 500,
+    });
+    let goodbye = Message::Goodbye(Goodbye {
+        reason: "SIGTERM".into(),
+        drain_grace_ms: 5_000,
+    });
+    for msg in [hello, goodbye] {
+        // Hello and Goodbye did not change in version 2: the same body under a version-1 header.
+        let mut frame = encode(&msg).unwrap();
+        frame[4..6].copy_from_slice(&1u16.to_be_bytes());
+        assert_eq!(decode(&frame).unwrap().unwrap().0, msg);
+    }
 }
 
 #[test]

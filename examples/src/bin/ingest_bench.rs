@@ -50,6 +50,9 @@ impl MeasurementSource for Constant {
             accepting: true,
             declared_capacity: Some(32),
             utilization: None,
+            mean_in_flight: 12.0,
+            busy_fraction: Some(0.375),
+            oldest_in_flight: Some(Duration::from_millis(30)),
         }
     }
 }

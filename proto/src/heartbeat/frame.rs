@@ -1,11 +1,18 @@
 //! Framing: magic, version, length prefix and a bounded bincode-2 body.
 
 use super::Message;
+use super::message::v1;
 
 /// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"LTHB";
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this crate speaks: [`encode`] writes it, and decoders accept it and
+/// [`OLDEST_DECODED_VERSION`]`..` it.
+///
+/// Version 2 appended `Heartbeat::oldest_in_flight_us` and `Heartbeat::mean_in_flight`.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest version the decoder still accepts: version-1 frames (older agents) decode with the fields
+/// version 2 added set to 0.
+pub const OLDEST_DECODED_VERSION: u16 = 1;
 /// Length of the fixed header: magic, version (u16) and body length (u32).
 pub const HEADER_LEN: usize = 10;
 /// The largest body a frame may carry. Heartbeats are ~60 bytes; the limit leaves room for `Hello`
@@ -30,7 +37,8 @@ pub enum FrameError {
     },
     /// The frame's version is one this decoder does not speak.
     #[error(
-        "unsupported heartbeat protocol version {found}; this build speaks version {PROTOCOL_VERSION}"
+        "unsupported heartbeat protocol version {found}; this build speaks version {PROTOCOL_VERSION} \
+         (and decodes versions {OLDEST_DECODED_VERSION} to {PROTOCOL_VERSION})"
     )]
     UnsupportedVersion {
         /// The version in the frame header.
@@ -53,7 +61,8 @@ pub enum FrameError {
 /// A validated frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
-    /// Protocol version (always [`PROTOCOL_VERSION`] once validated).
+    /// Protocol version, within [`OLDEST_DECODED_VERSION`]`..=`[`PROTOCOL_VERSION`] once validated; pass it
+    /// to [`decode_body_as`].
     pub version: u16,
     /// Body length in bytes, within `1..=MAX_BODY_LEN`.
     pub body_len: usize,
@@ -68,7 +77,7 @@ impl FrameHeader {
             return Err(FrameError::BadMagic { found });
         }
         let version = u16::from_be_bytes([v0, v1]);
-        if version != PROTOCOL_VERSION {
+        if !(OLDEST_DECODED_VERSION..=PROTOCOL_VERSION).contains(&version) {
             return Err(FrameError::UnsupportedVersion { found: version });
         }
         let len = u32::from_be_bytes([l0, l1, l2, l3]);
@@ -103,14 +112,36 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, FrameError> {
     Ok(frame)
 }
 
-/// Decodes a body (the bytes after a validated header). Bytes after the known fields are ignored: that is
-/// how newer peers append fields (see the module docs).
-pub fn decode_body(body: &[u8]) -> Result<Message, FrameError> {
+/// Decodes a body (the bytes after a validated header) of a frame of the given `version` (the header's
+/// [`FrameHeader::version`]). A version-1 body is decoded with the version-1 message types and converted (the
+/// fields version 2 added are 0). Bytes after the known fields are ignored: that is how newer peers append
+/// fields (see the module docs). Any other version is [`FrameError::UnsupportedVersion`].
+pub fn decode_body_as(version: u16, body: &[u8]) -> Result<Message, FrameError> {
     if body.is_empty() || body.len() > MAX_BODY_LEN {
         return Err(FrameError::BadLength {
             len: body.len() as u64,
         });
     }
+    match version {
+        PROTOCOL_VERSION => decode_with::<Message>(body),
+        1 => decode_with::<v1::Message>(body).map(Message::from),
+        found => Err(FrameError::UnsupportedVersion { found }),
+    }
+}
+
+/// Decodes a body without knowing its frame's version, for callers that kept only the body: as
+/// [`PROTOCOL_VERSION`] first and, if that fails, as version 1 (a version-1 heartbeat body is shorter than a
+/// version-2 one, so it fails as version 2 and decodes as version 1; `Hello` and `Goodbye` are the same in
+/// both). On failure the error is the version-2 one. Prefer [`decode_body_as`] with the header's version,
+/// which never guesses.
+pub fn decode_body(body: &[u8]) -> Result<Message, FrameError> {
+    decode_body_as(PROTOCOL_VERSION, body).or_else(|current| match current {
+        FrameError::Body(_) => decode_body_as(1, body).map_err(|_| current),
+        other => Err(other),
+    })
+}
+
+fn decode_with<M: bincode::Decode<()>>(body: &[u8]) -> Result<M, FrameError> {
     bincode::decode_from_slice(body, BINCODE)
         .map(|(message, _read)| message)
         .map_err(|e| FrameError::Body(e.to_string()))
@@ -137,5 +168,5 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, FrameError> {
     let Some(body) = buf.get(HEADER_LEN..end) else {
         return Ok(None);
     };
-    decode_body(body).map(|message| Some((message, end)))
+    decode_body_as(header.version, body).map(|message| Some((message, end)))
 }
