@@ -20,11 +20,15 @@
 //!   `WatchWeights` subscriber of [`watch`]) on the current runtime and returns at once.
 //! - [`snapshot`]: the policy task turns weight snapshots into immutable pickers (membership, states,
 //!   staleness) and publishes them with `arc-swap`.
-//! - [`picker`]: the pick path: gRFC A58's static stride scheduler (lock-free, allocation-free), refined by
-//!   the client's own in-flight counts.
+//! - [`picker`]: the pick path, two-level: gRFC A58's static stride scheduler over the coordinator's weights
+//!   names a candidate, a second one is drawn by weight, and the one with the shorter expected delay for its
+//!   capacity wins, from a live queue estimate (own in-flight plus the other clients' from ORCA trailers).
+//!   Lock-free, allocation-free.
 //! - [`channel`]: the `tower::Service`: request ids, pick, dispatch on the endpoint's lazily-connected
-//!   tonic channel ([`endpoints`]), retries under a budget ([`retry`]), response tracking.
-//! - [`orca`]: ORCA trailers as a bounded fast signal between snapshots; [`metrics`]: Prometheus text.
+//!   tonic channel ([`endpoints`]), retries under a budget ([`retry`]), response tracking, and liveness
+//!   from completions: an attempt on an endpoint that answers nothing is cancelled and, when safe, retried.
+//! - [`orca`]: reading ORCA trailers (server-side in-flight for the pick, utilization for zone preference);
+//!   [`metrics`]: Prometheus text.
 //! - Routing variants, each off by default and precomputed by the policy task so that the pick stays
 //!   lock-free and allocation-free: [`hashing`] (key-hashed routing on a weighted Maglev table),
 //!   [`zones`] (zone preference with spillover and hysteresis), [`split`] (a fraction of requests on
@@ -51,6 +55,7 @@ pub mod builder;
 pub mod channel;
 pub mod endpoints;
 pub mod hashing;
+mod live_load;
 pub mod metrics;
 pub mod orca;
 mod outlier;

@@ -68,7 +68,7 @@ async fn ten_percent_follow_dynamic_weights_and_both_groups_are_reported() {
         .endpoints([("good", uri(good_addr)), ("bad", uri(bad_addr))])
         .static_weights([("good", 1.0), ("bad", 1.0)])
         .dynamic_fraction(0.1)
-        .refine_by_in_flight(false)
+        .choice_count(1)
         .weights_feed(rx)
         .seed(3)
         .build()

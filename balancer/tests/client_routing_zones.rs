@@ -36,7 +36,7 @@ impl Zoned {
         let mut builder = Balancer::builder("echo")
             .zone("zone-a")
             .zone_policy(policy)
-            .refine_by_in_flight(false)
+            .choice_count(1)
             .weights_feed(rx)
             .seed(11);
         for i in 0..3 {

@@ -17,7 +17,7 @@ use super::channel::{Balancer, Inner};
 use super::endpoints::EndpointConfig;
 use super::hashing::{DEFAULT_TABLE_SIZE, maglev};
 use super::metrics::ClientMetrics;
-use super::picker::PickerSnapshot;
+use super::picker::{DEFAULT_CHOICE_COUNT, PickerSnapshot};
 use super::retry::{RetryBudget, RetryBudgetConfig};
 use super::snapshot::{Policy, RoutingOptions, Shared, WeightsFeed};
 use super::split::Splitter;
@@ -41,7 +41,7 @@ pub struct Builder {
     zone: String,
     seed: Option<u64>,
     max_replay_bytes: usize,
-    refine_by_in_flight: bool,
+    choice_count: usize,
     orca_refresh: Duration,
     attached: Vec<Attached>,
     hash_key_header: Option<String>,
@@ -73,7 +73,7 @@ impl Balancer {
             zone: String::new(),
             seed: None,
             max_replay_bytes: DEFAULT_MAX_REPLAY_BYTES,
-            refine_by_in_flight: true,
+            choice_count: DEFAULT_CHOICE_COUNT,
             orca_refresh: Duration::from_millis(100),
             attached: Vec::new(),
             hash_key_header: None,
@@ -251,14 +251,17 @@ impl Builder {
         self
     }
 
-    /// Whether the pick is refined by this client's in-flight count per endpoint (default on; see
-    /// [`picker`](super::picker)).
-    pub fn refine_by_in_flight(mut self, on: bool) -> Self {
-        self.refine_by_in_flight = on;
+    /// How many candidates each pick compares by expected delay (Envoy's `choice_count`): the scheduled
+    /// endpoint and `n − 1` drawn by weight (default 2; 1 follows the coordinator's schedule alone, exactly;
+    /// values are clamped to 1..=8). See [`picker`](super::picker).
+    pub fn choice_count(mut self, n: usize) -> Self {
+        self.choice_count = n.clamp(1, 8);
         self
     }
 
-    /// How often, at most, ORCA reports republish the picker (default 100 ms).
+    /// How often, at most, ORCA utilization reports republish the picker while zone preference is on
+    /// (default 100 ms; without zone preference the ORCA in-flight counts are read at pick time and nothing
+    /// is republished).
     pub fn orca_refresh(mut self, every: Duration) -> Self {
         self.orca_refresh = every;
         self
@@ -394,20 +397,13 @@ impl Builder {
         let total_in_flight = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Shared {
             service: self.service.clone(),
-            picker: ArcSwap::from_pointee(PickerSnapshot {
-                endpoints: Vec::new(),
-                shares: Vec::new(),
-                scheduler: None,
-                why_empty: String::new(),
-                total_in_flight: Arc::clone(&total_in_flight),
-                refine_by_in_flight: false,
-                hash: None,
-                static_group: None,
-            }),
+            picker: ArcSwap::from_pointee(PickerSnapshot::empty()),
             metrics: Arc::new(ClientMetrics::new(&self.service)),
             total_in_flight,
+            zones_on: routing.zone.is_some(),
             orca_dirty: AtomicBool::new(false),
             orca_notify: Notify::new(),
+            clock_base: tokio::time::Instant::now(),
         });
         let _enter = runtime.enter();
         let policy = Policy::new(
@@ -415,7 +411,7 @@ impl Builder {
             &self.endpoints,
             &self.static_weights,
             Some(rng.random()),
-            self.refine_by_in_flight,
+            self.choice_count,
             self.orca_refresh,
             routing,
         )?;

@@ -1,5 +1,14 @@
 //! The `tower::Service` a generated tonic client drives: request ids, pick, dispatch, retry, response
-//! tracking.
+//! tracking, and liveness from completions.
+//!
+//! Liveness: an attempt whose endpoint has answered nothing since the attempt started, for longer than the
+//! endpoint's stall bound ([`super::live_load`]: a multiple of its recent latency, 250 ms..1 s), is on a
+//! path that completes nothing (a blackhole whose agent still heartbeats). The endpoint is set aside
+//! locally at once (1 s, doubling while it stays stalled, like a refused connection), and the attempt is
+//! cancelled and retried on another endpoint when that is safe: the method is idempotent and the sent-request
+//! retry is unused (a request that may have reached a backend is retried at most once, and the agent drops
+//! a duplicate by request id). A non-idempotent attempt keeps waiting for its own deadline. An attempt on an
+//! endpoint that keeps answering other requests is slow, not stalled, and is left alone.
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -72,7 +81,9 @@ impl Balancer {
         &self.inner.client_id
     }
 
-    /// The ids of the endpoints in the current picker and their share of traffic (after ORCA), in [0, 1].
+    /// The ids of the endpoints in the current picker and their scheduled share of traffic (the
+    /// coordinator's weights after exclusions and zone preference), in [0, 1]. What the two-level pick
+    /// really sent is [`achieved_shares`](Self::achieved_shares).
     pub fn current_weights(&self) -> Vec<(String, f64)> {
         let picker = self.inner.shared.picker.load();
         picker
@@ -80,6 +91,24 @@ impl Balancer {
             .iter()
             .zip(&picker.shares)
             .map(|(e, s)| (e.id().to_string(), *s))
+            .collect()
+    }
+}
+
+impl Balancer {
+    /// Requests this client sent to each endpoint of the current picker (first attempts and retries) since
+    /// it was built, as shares summing to 1 (empty before the first request): what the per-request choice
+    /// made of the weights.
+    pub fn achieved_shares(&self) -> Vec<(String, f64)> {
+        let picker = self.inner.shared.picker.load();
+        let total: u64 = picker.endpoints.iter().map(|e| e.picks()).sum();
+        if total == 0 {
+            return Vec::new();
+        }
+        picker
+            .endpoints
+            .iter()
+            .map(|e| (e.id().to_string(), e.picks() as f64 / total as f64))
             .collect()
     }
 }
@@ -138,8 +167,12 @@ fn record_pick(
 /// How a failed attempt may be retried.
 enum Outcome {
     Done(Result<Response<Body>, BoxError>),
-    /// Worth retrying elsewhere if the body can be sent again and the budget allows.
-    Retry(Result<Response<Body>, BoxError>),
+    /// Worth retrying elsewhere if the body can be sent again and the budget allows; `sent` when the
+    /// request may have reached a backend (only an idempotent method is then retried, once).
+    Retry {
+        result: Result<Response<Body>, BoxError>,
+        sent: bool,
+    },
 }
 
 impl Inner {
@@ -181,8 +214,9 @@ impl Inner {
             .as_ref()
             .and_then(|name| parts.headers.get(name))
             .map(|value| super::hashing::hash_key(value.as_bytes()));
+        let now_us = self.shared.now_us();
         let picker = self.shared.picker.load_full();
-        let Some(mut endpoint) = picker.pick_for(key, group).cloned() else {
+        let Some(mut endpoint) = picker.pick_for(key, group, now_us).cloned() else {
             metrics.no_endpoint.fetch_add(1, Ordering::Relaxed);
             return Err(Box::new(tonic::Status::unavailable(
                 picker.why_empty.clone(),
@@ -202,18 +236,21 @@ impl Inner {
             let outcome = self
                 .attempt(&endpoint, attempt, idempotent && !sent_retry_used)
                 .await;
-            let result = match outcome {
+            let (result, sent) = match outcome {
                 Outcome::Done(result) => return result,
-                Outcome::Retry(result) if attempts >= MAX_ATTEMPTS || !body.can_send_again() => {
+                Outcome::Retry { result, .. }
+                    if attempts >= MAX_ATTEMPTS || !body.can_send_again() =>
+                {
                     return result;
                 }
-                Outcome::Retry(result) => result,
+                Outcome::Retry { result, sent } => (result, sent),
             };
-            // An answer (UNAVAILABLE to an idempotent method) means the request was sent: that retry is used.
-            // `attempt` only offers it while unused.
-            sent_retry_used |= result.is_ok();
+            // An answer (UNAVAILABLE to an idempotent method) or a cancelled stalled attempt means the
+            // request was sent: that retry is used. `attempt` only offers it while unused.
+            sent_retry_used |= sent;
             let picker = self.shared.picker.load_full();
-            let Some(next) = picker.pick_other_for(&endpoint, group).cloned() else {
+            let now_us = self.shared.now_us();
+            let Some(next) = picker.pick_other_for(&endpoint, group, now_us).cloned() else {
                 return result;
             };
             if !self.budget.withdraw() {
@@ -242,14 +279,37 @@ impl Inner {
         request: Request<Body>,
         idempotent: bool,
     ) -> Outcome {
-        let guard = endpoint.start();
+        let started_us = self.shared.now_us();
+        let guard = endpoint.start(started_us);
         let mut channel = endpoint.channel();
-        let result = match channel.ready().await {
-            Ok(channel) => channel.call(request).await,
-            Err(error) => Err(error),
+        let call = async {
+            match channel.ready().await {
+                Ok(channel) => channel.call(request).await,
+                Err(error) => Err(error),
+            }
+        };
+        let result = match self
+            .watch_liveness(endpoint, started_us, idempotent, call)
+            .await
+        {
+            Some(result) => result,
+            None => {
+                // Stalled and safe to retry: the attempt is cancelled (dropping it resets the stream).
+                drop(guard);
+                return Outcome::Retry {
+                    result: Err(Box::new(tonic::Status::unavailable(format!(
+                        "endpoint `{}` answered nothing for {:?}: stalled; attempt cancelled",
+                        endpoint.id(),
+                        endpoint.live.stall_bound()
+                    )))),
+                    sent: true,
+                };
+            }
         };
         match result {
             Ok(response) => {
+                let now_us = self.shared.now_us();
+                endpoint.live.on_answer(started_us, now_us);
                 endpoint.local_ejection.on_reached();
                 if let Some(code) = response
                     .headers()
@@ -258,8 +318,8 @@ impl Inner {
                 {
                     tracing::Span::current().record("grpc.status", code);
                 }
-                if let Some(u) = orca::utilization_from(response.headers()) {
-                    self.shared.on_orca(endpoint, u);
+                if let Some(reading) = orca::read_report(response.headers()) {
+                    self.shared.on_orca(endpoint, reading, now_us);
                 }
                 let unavailable = response
                     .headers()
@@ -274,7 +334,10 @@ impl Inner {
                     })
                 });
                 if unavailable && idempotent {
-                    Outcome::Retry(Ok(response))
+                    Outcome::Retry {
+                        result: Ok(response),
+                        sent: true,
+                    }
                 } else {
                     Outcome::Done(Ok(response))
                 }
@@ -291,8 +354,59 @@ impl Inner {
                     );
                     endpoint.local_ejection.schedule_return(backoff);
                 }
-                Outcome::Retry(Err(error.into()))
+                Outcome::Retry {
+                    result: Err(error.into()),
+                    sent: false,
+                }
             }
+        }
+    }
+
+    /// Runs `call` while watching the endpoint's liveness (see the module docs). `None` when the endpoint
+    /// stalled and the attempt may be retried (`retry_safe`): the caller cancels it. Otherwise the call's
+    /// own result, however long it takes.
+    async fn watch_liveness<F, T>(
+        &self,
+        endpoint: &Arc<EndpointHandle>,
+        started_us: u64,
+        retry_safe: bool,
+        call: F,
+    ) -> Option<T>
+    where
+        F: Future<Output = T>,
+    {
+        let mut call = std::pin::pin!(call);
+        let mut check_at = tokio::time::Instant::now() + endpoint.live.stall_bound();
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut call => return Some(result),
+                _ = tokio::time::sleep_until(check_at) => {}
+            }
+            if endpoint.live.progressed_since(started_us) {
+                // The endpoint answers others: this request is slow, not stuck.
+                return Some(call.await);
+            }
+            let now_us = self.shared.now_us();
+            if endpoint.live.is_stalled(endpoint.in_flight(), now_us) {
+                if let Some(backoff) = endpoint.local_ejection.on_stalled() {
+                    tracing::warn!(
+                        service = %self.shared.service,
+                        endpoint = %endpoint.id(),
+                        bound = ?endpoint.live.stall_bound(),
+                        ?backoff,
+                        "endpoint answered nothing while requests were outstanding: stalled; set aside locally"
+                    );
+                    endpoint.local_ejection.schedule_return(backoff);
+                }
+                self.shared.metrics.stalled.fetch_add(1, Ordering::Relaxed);
+                if retry_safe {
+                    return None;
+                }
+                return Some(call.await);
+            }
+            // Busy since later than this attempt started (an earlier answer): look again one bound on.
+            check_at = tokio::time::Instant::now() + endpoint.live.stall_bound();
         }
     }
 }
@@ -470,10 +584,11 @@ impl http_body::Body for TrackedBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    if let (Some(u), Some(guard)) =
-                        (orca::utilization_from(trailers), self.guard.as_ref())
+                    if let (Some(reading), Some(guard)) =
+                        (orca::read_report(trailers), self.guard.as_ref())
                     {
-                        self.shared.on_orca(guard.endpoint(), u);
+                        let now_us = self.shared.now_us();
+                        self.shared.on_orca(guard.endpoint(), reading, now_us);
                     }
                     self.guard = None;
                 }

@@ -1,5 +1,5 @@
-//! Per-endpoint state: one lazily-connected tonic channel, the client's own in-flight count, and the ORCA
-//! fast signal.
+//! Per-endpoint state: one lazily-connected tonic channel, the client's own in-flight count, the live queue
+//! and liveness estimate ([`super::live_load`]) and the ORCA utilization zone preference reads.
 //!
 //! A handle is shared (`Arc`) by the endpoint table, every published picker snapshot and every in-flight
 //! call. When a snapshot removes an endpoint, the table and the next picker drop their references, but calls
@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tonic::transport::{Channel, Endpoint};
 
+use super::live_load::LiveLoad;
 use super::orca::OrcaSignal;
 use crate::Error;
 
@@ -37,7 +38,9 @@ pub(crate) struct EndpointHandle {
     total_in_flight: Arc<AtomicUsize>,
     picks: Arc<AtomicU64>,
     pub(crate) orca: OrcaSignal,
-    /// The client's own "unreachable" signal ([`super::outlier`]).
+    /// The live queue estimate and liveness from completions.
+    pub(crate) live: LiveLoad,
+    /// The client's own "unreachable" (or "stalled") signal ([`super::outlier`]).
     pub(crate) local_ejection: Arc<super::outlier::LocalEjection>,
 }
 
@@ -64,6 +67,7 @@ impl EndpointHandle {
             total_in_flight,
             picks,
             orca: OrcaSignal::default(),
+            live: LiveLoad::default(),
             local_ejection: Arc::default(),
         })
     }
@@ -88,10 +92,18 @@ impl EndpointHandle {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Counts a pick and a new in-flight request; the guard un-counts the request when dropped.
-    pub(crate) fn start(self: &Arc<Self>) -> InFlightGuard {
+    /// Requests this client has sent to this endpoint (first attempts and retries).
+    pub(crate) fn picks(&self) -> u64 {
+        self.picks.load(Ordering::Relaxed)
+    }
+
+    /// Counts a pick and a new in-flight request started at `now_us`; the guard un-counts the request when
+    /// dropped.
+    pub(crate) fn start(self: &Arc<Self>, now_us: u64) -> InFlightGuard {
         self.picks.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.live.on_busy(now_us);
+        }
         self.total_in_flight.fetch_add(1, Ordering::Relaxed);
         InFlightGuard {
             endpoint: Arc::clone(self),

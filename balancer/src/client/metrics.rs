@@ -21,6 +21,8 @@ pub struct ClientMetrics {
     pub(crate) snapshot_version: AtomicU64,
     pub(crate) snapshots: AtomicU64,
     pub(crate) orca_reports: AtomicU64,
+    /// Attempts that found their endpoint stalled (answering nothing past its stall bound).
+    pub(crate) stalled: AtomicU64,
     picks: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
     /// The dynamic/static split's per-group series (rendered only with a split).
     pub(crate) split: super::split::SplitMetrics,
@@ -41,6 +43,7 @@ impl ClientMetrics {
             snapshot_version: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             orca_reports: AtomicU64::new(0),
+            stalled: AtomicU64::new(0),
             picks: Mutex::new(BTreeMap::new()),
             split: Default::default(),
             zones: Default::default(),
@@ -91,6 +94,11 @@ impl ClientMetrics {
     /// Snapshots applied.
     pub fn snapshots(&self) -> u64 {
         self.snapshots.load(Ordering::Relaxed)
+    }
+
+    /// Attempts cancelled or flagged because their endpoint answered nothing past its stall bound.
+    pub fn stalled(&self) -> u64 {
+        self.stalled.load(Ordering::Relaxed)
     }
 
     /// Picks per endpoint id (includes retries).
@@ -187,6 +195,12 @@ impl ClientMetrics {
             "counter",
             "ORCA load reports read from responses.",
             self.orca_reports.load(Ordering::Relaxed),
+        );
+        scalar(
+            "lateral_client_stalled_attempts_total",
+            "counter",
+            "Attempts whose endpoint answered nothing past its stall bound (set aside locally).",
+            self.stalled(),
         );
         let _ = writeln!(
             out,

@@ -7,6 +7,9 @@
 //! outlier detection ejects on consecutive gateway failures. The coordinator's weights are untouched; when
 //! the backoff ends the next pick probes the endpoint again.
 //!
+//! An endpoint that stalls — requests outstanding and nothing answered past its stall bound
+//! ([`super::live_load`]) — is set aside at once ([`LocalEjection::on_stalled`]), with the same backoff.
+//!
 //! The pick path reads one atomic flag per probe (no clock, no lock). A pick never fails because of local
 //! ejection alone: if every probe lands on set-aside endpoints, the last one is used (Envoy's
 //! `max_ejection_percent` keeps the same promise).
@@ -52,6 +55,20 @@ impl LocalEjection {
             return None;
         }
         // Only one caller wins the transition, so only one timer runs.
+        if self
+            .ejected
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return None;
+        }
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(8);
+        Some((BASE_EJECTION * 2u32.pow(n)).min(MAX_EJECTION))
+    }
+
+    /// The endpoint stalled (see [`super::live_load`]): sets it aside at once. Returns the backoff if this
+    /// call set it aside; the caller starts the timer with [`LocalEjection::schedule_return`].
+    pub(crate) fn on_stalled(&self) -> Option<Duration> {
         if self
             .ejected
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)

@@ -12,15 +12,31 @@
 //! Unlike A58, zero-weight endpoints are not given the mean weight: they are left out of the scheduler, so
 //! they get nothing.
 //!
-//! [`PickerSnapshot`] adds an optional refinement by the client's own in-flight count per endpoint: when the
-//! scheduled endpoint already carries far more of this client's in-flight requests than its weighted share
-//! (`in_flight > share * total_in_flight * 2 + 4`), the pick moves on to the next scheduled endpoint, at most
-//! [`MAX_INFLIGHT_SKIPS`] times. This absorbs bursts faster than the 500 ms heartbeat; in steady state (no
-//! endpoint lagging) it never fires, so the weights stay exact. Endpoints the client has set aside as
-//! unreachable ([`super::outlier`]) are passed over too, within [`MAX_PROBES`] looks.
+//! [`PickerSnapshot`] makes the pick two-level. The scheduler's pick is the first candidate; when it may be
+//! chosen against (an active, non-canary endpoint), `choice_count − 1` more are drawn at random by weight
+//! ([`StrideScheduler::draw`]) and the one with the shortest expected delay `(q + 1) / share` wins, where `q`
+//! is the live queue estimate of [`super::live_load`] (this client's in-flight requests plus the other
+//! clients' from the endpoint's last ORCA report, aged) and `share` the endpoint's weight, which the
+//! coordinator keeps at its capacity share. This is gRPC's and the queueing literature's "shortest expected
+//! delay" over weight-drawn candidates (what `../shared/tools/queue_sim.py` calls `jsq_w2`), on top of the
+//! weights rather than instead of them:
+//! - the weights still decide who is eligible (zero weight, ejected, tripped, draining: never a candidate);
+//! - an endpoint whose share is pinned — a canary (its floor and allowance), one ramping back in, one degraded
+//!   (never raised) — is taken when the schedule names it and never drawn as an alternative, so it gets
+//!   exactly its scheduled share;
+//! - with zone preference on, the alternatives must be in the scheduled endpoint's zone, so the choice never
+//!   adds cross-zone traffic.
+//!
+//! The choice moves traffic toward the path whose queue is shorter for its capacity, and, between idle paths,
+//! toward the one with more capacity per slot of queue (the faster one): the achieved shares lean toward the
+//! fast paths, as full shortest-expected-delay's do, which is what keeps the tail down (a slow path's own
+//! service time is a long tail). The scheduled candidate wins ties, so equal weights on equal queues are
+//! exactly round robin, and `choice_count(1)` follows the coordinator's schedule exactly. Endpoints the client has set aside as unreachable ([`super::outlier`]) or that are stalled
+//! (requests outstanding and nothing answered, [`super::live_load`]) are passed over, within [`MAX_PROBES`]
+//! looks. The whole pick is lock-free and allocation-free: two or three `fetch_add`s and a few relaxed loads.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::endpoints::EndpointHandle;
 use super::hashing::MaglevTable;
@@ -29,12 +45,24 @@ use super::split::Group;
 /// The largest scaled integer weight (gRFC A58's `kMaxWeight`).
 pub const MAX_WEIGHT: u64 = u16::MAX as u64;
 
-/// How many scheduled endpoints the in-flight refinement may pass over in one pick.
-pub const MAX_INFLIGHT_SKIPS: usize = 2;
-
-/// How many scheduled endpoints one pick may look at in all, passing over locally ejected ones
-/// ([`super::outlier`]) and crowded ones; the last one looked at is used whatever its state.
+/// How many scheduled endpoints one pick may look at in all, passing over locally ejected and stalled ones;
+/// the last one looked at is used whatever its state.
 pub const MAX_PROBES: usize = 8;
+
+/// How many random draws [`StrideScheduler::draw`] tries before it falls back to the schedule.
+const MAX_DRAWS: usize = 64;
+
+/// The default number of candidates per pick (the scheduled one and one drawn by weight).
+pub const DEFAULT_CHOICE_COUNT: usize = 2;
+
+/// SplitMix64: a full-period mixer of a counter into well-spread random bits (Steele et al., 2014).
+#[inline]
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 /// A lock-free, allocation-free weighted scheduler (gRFC A58 static stride scheduling).
 #[derive(Debug)]
@@ -113,6 +141,28 @@ impl StrideScheduler {
         (position >= MAX_WEIGHT - weight).then_some(index as usize)
     }
 
+    /// Draws an endpoint index at random in proportion to the weights, from the random word `seed` (a
+    /// counter is enough: it is mixed). Rejection sampling: an index uniformly, kept with probability
+    /// `weight / MAX_WEIGHT`; after [`MAX_DRAWS`] rejections it falls back to [`pick`](Self::pick).
+    #[inline]
+    pub fn draw(&self, seed: u64) -> usize {
+        let n = self.weights.len() as u64;
+        let mut state = seed;
+        for _ in 0..MAX_DRAWS {
+            let bits = splitmix64(state);
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let index = (bits >> 32) % n;
+            if self.round_robin {
+                return index as usize;
+            }
+            let weight = u64::from(self.weights[index as usize]);
+            if (bits & 0xFFFF_FFFF) % MAX_WEIGHT < weight {
+                return index as usize;
+            }
+        }
+        self.pick()
+    }
+
     /// Picks the next endpoint index. Lock-free and allocation-free.
     #[inline]
     pub fn pick(&self) -> usize {
@@ -127,7 +177,7 @@ impl StrideScheduler {
 
 /// An immutable view the pick path reads: the endpoints that may take traffic, their scheduler, and why
 /// there are none when there are none. Published with `arc-swap`; never mutated after publication (apart
-/// from the scheduler's sequence counter and the endpoints' own counters).
+/// from the scheduler's counters and the endpoints' own counters).
 #[derive(Debug)]
 pub(crate) struct PickerSnapshot {
     /// Endpoints in scheduler order (zero-weight ones included but never scheduled).
@@ -137,10 +187,16 @@ pub(crate) struct PickerSnapshot {
     pub(crate) scheduler: Option<StrideScheduler>,
     /// Why no endpoint can be picked (only meaningful when `scheduler` is `None`).
     pub(crate) why_empty: String,
-    /// The client's in-flight requests over all endpoints (shared across snapshots).
-    pub(crate) total_in_flight: Arc<AtomicUsize>,
-    /// Whether the in-flight refinement is on.
-    pub(crate) refine_by_in_flight: bool,
+    /// Per endpoint: whether the pick may choose it over the scheduled one, or the scheduled one over it
+    /// (false for pinned shares: canary, ramping, degraded; see the module docs).
+    pub(crate) choosable: Vec<bool>,
+    /// Per endpoint: its locality group; alternatives must share the scheduled endpoint's (all 0 without
+    /// zone preference).
+    pub(crate) locality: Vec<u32>,
+    /// Candidates per pick: 1 follows the schedule alone.
+    pub(crate) choice_count: usize,
+    /// The counter the random draws are mixed from (seeded per snapshot).
+    pub(crate) draws: AtomicU64,
     /// The key-hash table over `endpoints` (coordinator weights), when key hashing is on.
     pub(crate) hash: Option<Arc<MaglevTable>>,
     /// The static-weight group's routing, when a dynamic/static split is on.
@@ -156,39 +212,81 @@ pub(crate) struct StaticRoute {
 }
 
 impl PickerSnapshot {
-    /// Picks an endpoint (see the module docs), or `None` when every endpoint is excluded.
+    /// A snapshot with nothing to pick (before the first publication).
+    pub(crate) fn empty() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            shares: Vec::new(),
+            scheduler: None,
+            why_empty: String::new(),
+            choosable: Vec::new(),
+            locality: Vec::new(),
+            choice_count: 1,
+            draws: AtomicU64::new(0),
+            hash: None,
+            static_group: None,
+        }
+    }
+
+    /// Whether endpoint `i` can take a request now: not set aside locally, not stalled.
     #[inline]
-    pub(crate) fn pick(&self) -> Option<&Arc<EndpointHandle>> {
+    fn usable(&self, i: usize, now_us: u64) -> bool {
+        let endpoint = &self.endpoints[i];
+        !endpoint.local_ejection.is_ejected()
+            && !endpoint.live.is_stalled(endpoint.in_flight(), now_us)
+    }
+
+    /// The expected delay of a new request on endpoint `i`, up to a common factor: `(q + 1) / share`.
+    #[inline]
+    fn expected_delay(&self, i: usize, now_us: u64) -> f64 {
+        let endpoint = &self.endpoints[i];
+        let q = endpoint.live.queue(endpoint.in_flight(), now_us);
+        (q + 1.0) / self.shares[i].max(f64::MIN_POSITIVE)
+    }
+
+    /// Picks an endpoint (see the module docs), or `None` when every endpoint is excluded. `now_us` is the
+    /// caller's clock reading (µs since the balancer's clock base).
+    #[inline]
+    pub(crate) fn pick(&self, now_us: u64) -> Option<&Arc<EndpointHandle>> {
         let scheduler = self.scheduler.as_ref()?;
-        let mut index = scheduler.pick();
-        let total = if self.refine_by_in_flight {
-            self.total_in_flight.load(Ordering::Relaxed) as f64
-        } else {
-            0.0
-        };
-        let mut crowded_skips = 0;
-        for _ in 0..MAX_PROBES {
-            let endpoint = &self.endpoints[index];
-            if endpoint.local_ejection.is_ejected() {
-                // Set aside locally (unreachable): always look further, within MAX_PROBES.
-            } else if self.refine_by_in_flight
-                && crowded_skips < MAX_INFLIGHT_SKIPS
-                && endpoint.in_flight() as f64 > self.shares[index] * total * 2.0 + 4.0
-            {
-                crowded_skips += 1;
-            } else {
+        let mut first = scheduler.pick();
+        for _ in 1..MAX_PROBES {
+            if self.usable(first, now_us) {
                 break;
             }
-            index = scheduler.pick();
+            first = scheduler.pick();
         }
-        self.endpoints.get(index)
+        if self.choice_count < 2 || !self.choosable[first] || !self.usable(first, now_us) {
+            return self.endpoints.get(first);
+        }
+        let (mut best, mut best_delay) = (first, self.expected_delay(first, now_us));
+        for _ in 1..self.choice_count {
+            let candidate = scheduler.draw(self.draws.fetch_add(1, Ordering::Relaxed));
+            if candidate == best
+                || !self.choosable[candidate]
+                || self.locality[candidate] != self.locality[first]
+                || !self.usable(candidate, now_us)
+            {
+                continue;
+            }
+            let delay = self.expected_delay(candidate, now_us);
+            if delay < best_delay {
+                (best, best_delay) = (candidate, delay);
+            }
+        }
+        self.endpoints.get(best)
     }
 
     /// Picks an endpoint for a request of `group` whose routing key hashes to `key` (if it has one): the
     /// key's owner in the group's hash table when key hashing is on, else the group's weighted pick.
     /// Lock-free and allocation-free.
     #[inline]
-    pub(crate) fn pick_for(&self, key: Option<u64>, group: Group) -> Option<&Arc<EndpointHandle>> {
+    pub(crate) fn pick_for(
+        &self,
+        key: Option<u64>,
+        group: Group,
+        now_us: u64,
+    ) -> Option<&Arc<EndpointHandle>> {
         if let (Group::Static, Some(route)) = (group, &self.static_group) {
             if let (Some(key), Some(table)) = (key, &route.hash) {
                 return self.endpoints.get(table.lookup(key));
@@ -199,7 +297,7 @@ impl PickerSnapshot {
         if let (Some(key), Some(table)) = (key, &self.hash) {
             return self.endpoints.get(table.lookup(key));
         }
-        self.pick()
+        self.pick(now_us)
     }
 
     /// Picks an endpoint other than `avoid` for a retry of a request of `group`.
@@ -207,30 +305,39 @@ impl PickerSnapshot {
         &self,
         avoid: &EndpointHandle,
         group: Group,
+        now_us: u64,
     ) -> Option<&Arc<EndpointHandle>> {
         match (group, &self.static_group) {
-            (Group::Static, Some(route)) => self.pick_other_in(route.scheduler.as_ref()?, avoid),
-            _ => self.pick_other(avoid),
+            (Group::Static, Some(route)) => {
+                self.pick_other_in(route.scheduler.as_ref()?, avoid, now_us)
+            }
+            _ => self.pick_other(avoid, now_us),
         }
     }
 
     /// Picks an endpoint other than `avoid` (for a retry), trying a bounded number of times.
-    pub(crate) fn pick_other(&self, avoid: &EndpointHandle) -> Option<&Arc<EndpointHandle>> {
-        self.pick_other_in(self.scheduler.as_ref()?, avoid)
+    pub(crate) fn pick_other(
+        &self,
+        avoid: &EndpointHandle,
+        now_us: u64,
+    ) -> Option<&Arc<EndpointHandle>> {
+        self.pick_other_in(self.scheduler.as_ref()?, avoid, now_us)
     }
 
     fn pick_other_in<'a>(
         &'a self,
         scheduler: &StrideScheduler,
         avoid: &EndpointHandle,
+        now_us: u64,
     ) -> Option<&'a Arc<EndpointHandle>> {
         // Each distinct positive-weight endpoint appears within `len` selections of a generation sweep in
         // expectation; bound the probing so a pick never spins.
         let mut fallback = None;
         for _ in 0..(4 * scheduler.len() + 8) {
-            let candidate = &self.endpoints[scheduler.pick()];
+            let index = scheduler.pick();
+            let candidate = &self.endpoints[index];
             if candidate.id() != avoid.id() {
-                if !candidate.local_ejection.is_ejected() {
+                if self.usable(index, now_us) {
                     return Some(candidate);
                 }
                 fallback.get_or_insert(candidate);

@@ -1,4 +1,4 @@
-//! The policy side: turns weight snapshots (and ORCA signals) into published pickers.
+//! The policy side: turns weight snapshots into published pickers.
 //!
 //! One task per [`Balancer`](super::Balancer) owns the endpoint table with `&mut self`, handles events
 //! (a new snapshot from the feed, the staleness deadline, an ORCA report) and publishes an immutable
@@ -13,14 +13,18 @@
 //!   it refreshes the staleness deadline but changes nothing else. A snapshot from another epoch (the
 //!   coordinator restarted, or the client now talks to another one) is taken whatever its version, since
 //!   versions start again with every coordinator process. A snapshot for another service is ignored (logged).
-//! - EJECTED, TRIPPED and DRAINING endpoints, and those at zero weight, get nothing.
+//! - EJECTED, TRIPPED and DRAINING endpoints, and those at zero weight, get nothing. Canaries (label
+//!   `track=canary`), and RAMPING and DEGRADED endpoints, have pinned shares: the pick takes them when the
+//!   schedule names them and never chooses them over another candidate ([`super::picker`]).
+//! - ORCA reports never change the weights; they feed the pick's queue estimate directly, and, with zone
+//!   preference on, the zone's utilization (the picker is then rebuilt at most every `orca_refresh`).
 //! - Staleness: when no snapshot (or keep-alive) arrives within 2 × the snapshot's `heartbeat_interval`, the
 //!   last good weights stay in use, the stale flag is set, one warning is logged and
 //!   `lateral_client_stale_events_total` is bumped; the next snapshot clears it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -34,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use super::endpoints::{EndpointConfig, EndpointHandle};
 use super::hashing::TableCache;
 use super::metrics::ClientMetrics;
-use super::orca;
+use super::orca::OrcaReading;
 use super::picker::{PickerSnapshot, StaticRoute, StrideScheduler};
 use super::zones::{ZonePolicy, ZoneSignals, ZoneSplit, ZoneState};
 use crate::Error;
@@ -52,18 +56,48 @@ pub(crate) struct Shared {
     pub(crate) picker: ArcSwap<PickerSnapshot>,
     pub(crate) metrics: Arc<ClientMetrics>,
     pub(crate) total_in_flight: Arc<AtomicUsize>,
-    /// Set by a response carrying an ORCA report; the policy task republishes soon after.
+    /// Whether zone preference is on (the only reader of ORCA utilization, through a rebuilt picker).
+    pub(crate) zones_on: bool,
+    /// Set by a response carrying an ORCA utilization while zones are on; the policy task republishes soon
+    /// after.
     pub(crate) orca_dirty: AtomicBool,
     pub(crate) orca_notify: Notify,
+    /// The zero of the call path's microsecond clock ([`Shared::now_us`]).
+    pub(crate) clock_base: Instant,
 }
 
 impl Shared {
-    /// Records an ORCA report read from a response of `endpoint`.
-    pub(crate) fn on_orca(&self, endpoint: &EndpointHandle, utilization: f64) {
-        endpoint.orca.record(utilization);
+    /// Microseconds since the clock base: the one clock reading of a call, passed to the pick and the live
+    /// load. Follows tokio's (pausable) clock.
+    #[inline]
+    pub(crate) fn now_us(&self) -> u64 {
+        u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.clock_base)
+                .as_micros(),
+        )
+        .unwrap_or(u64::MAX)
+        .max(1)
+    }
+
+    /// Records an ORCA report read from a response of `endpoint` at `now_us`.
+    pub(crate) fn on_orca(&self, endpoint: &EndpointHandle, reading: OrcaReading, now_us: u64) {
+        if reading.is_empty() {
+            return;
+        }
         self.metrics.orca_reports.fetch_add(1, Ordering::Relaxed);
-        if !self.orca_dirty.swap(true, Ordering::AcqRel) {
-            self.orca_notify.notify_one();
+        if let Some(in_flight) = reading.in_flight {
+            endpoint
+                .live
+                .on_server_in_flight(in_flight, endpoint.in_flight(), now_us);
+        }
+        if let Some(utilization) = reading.utilization
+            && self.zones_on
+        {
+            endpoint.orca.record(utilization);
+            if !self.orca_dirty.swap(true, Ordering::AcqRel) {
+                self.orca_notify.notify_one();
+            }
         }
     }
 }
@@ -76,6 +110,13 @@ struct Entry {
     state: EndpointState,
     /// The endpoint's zone (from the snapshot, else from the builder); empty when unknown.
     zone: String,
+    /// A canary (label `track=canary`): its share is pinned.
+    canary: bool,
+}
+
+/// Whether `labels` mark a canary.
+fn is_canary<'a>(mut labels: impl Iterator<Item = (&'a String, &'a String)>) -> bool {
+    labels.any(|(k, v)| k == "track" && v == "canary")
 }
 
 /// The routing variants a policy precomputes for the pick path.
@@ -98,7 +139,7 @@ pub(crate) struct Policy {
     last_version: Option<(u64, u64)>,
     stale_deadline: Option<Instant>,
     rng: SmallRng,
-    refine_by_in_flight: bool,
+    choice_count: usize,
     orca_refresh: Duration,
     routing: RoutingOptions,
     /// The configured static weights by id (empty: equal), for the static group of a split.
@@ -119,7 +160,7 @@ impl Policy {
         configured: &[EndpointConfig],
         weights: &HashMap<String, f64>,
         seed: Option<u64>,
-        refine_by_in_flight: bool,
+        choice_count: usize,
         orca_refresh: Duration,
         routing: RoutingOptions,
     ) -> Result<Self, Error> {
@@ -145,6 +186,7 @@ impl Policy {
                 weight,
                 state: EndpointState::Active,
                 zone: config.zone.clone(),
+                canary: is_canary(config.labels.iter()),
             });
         }
         if routing.split {
@@ -160,7 +202,7 @@ impl Policy {
             last_version: None,
             stale_deadline: None,
             rng,
-            refine_by_in_flight,
+            choice_count,
             orca_refresh,
             routing,
             static_weights: weights.clone(),
@@ -261,6 +303,7 @@ impl Policy {
                 weight,
                 state,
                 zone,
+                canary: is_canary(ew.labels.iter()),
             });
         }
         for id in old.keys() {
@@ -308,10 +351,10 @@ impl Policy {
         }
     }
 
-    /// Builds and publishes a picker from the table and the ORCA signals, with the routing variants'
-    /// precomputed parts (hash tables, the static group, the zone mode).
+    /// Builds and publishes a picker from the table, with the routing variants' precomputed parts (hash
+    /// tables, the static group, the zone mode from the ORCA utilizations).
     pub(crate) fn publish(&mut self) {
-        // The coordinator's weights with the exclusions, before ORCA: what the hash tables follow.
+        // The coordinator's weights with the exclusions: what the hash tables follow.
         let base: Vec<f64> = self
             .entries
             .iter()
@@ -329,7 +372,6 @@ impl Policy {
             .map(|e| e.handle.orca.utilization())
             .collect();
         let mut weights = base.clone();
-        orca::blend(&mut weights, &utilizations);
         let zones = self.zone_split(&base, &utilizations);
         if let Some(zones) = &zones {
             zones.apply(&mut weights);
@@ -353,13 +395,26 @@ impl Policy {
         } else {
             self.why_empty()
         };
+        let choosable = self
+            .entries
+            .iter()
+            .map(|e| {
+                !e.canary && matches!(e.state, EndpointState::Active | EndpointState::Unspecified)
+            })
+            .collect();
+        let locality = match &zones {
+            Some(zones) => zones.local.iter().map(|&l| u32::from(l)).collect(),
+            None => vec![0; self.entries.len()],
+        };
         let picker = PickerSnapshot {
             endpoints: self.entries.iter().map(|e| Arc::clone(&e.handle)).collect(),
             shares,
             scheduler,
             why_empty,
-            total_in_flight: Arc::clone(&self.shared.total_in_flight),
-            refine_by_in_flight: self.refine_by_in_flight,
+            choosable,
+            locality,
+            choice_count: self.choice_count,
+            draws: AtomicU64::new(self.rng.random()),
             hash,
             static_group,
         };
