@@ -3,6 +3,8 @@
 //! ([`policy`]), one run of a policy through a scenario ([`run`]), and the outputs ([`report`], [`plot`]).
 
 pub mod cluster;
+pub mod envoy;
+pub mod ideal;
 pub mod plot;
 pub mod policy;
 pub mod report;

@@ -9,7 +9,13 @@
 //! | `p2c_peak_ewma` | `tower::balance::p2c` over `PeakEwmaDiscover` (Linkerd's choice; default RTT 30 ms, decay 10 s) |
 //! | `static_oracle` | Lateral's `Balancer` with static weights at the true goodput capacity ratio, no feed |
 //! | `lateral` | Lateral's `Balancer` fed by its own embedded coordinator (the default deployment) |
+//! | `envoy_cswrr` | a real Envoy front proxy, `ClientSideWeightedRoundRobin` on the backends' ORCA trailers (`blackout_period: 0s`, `weight_update_period: 0.1s`, other fields default) |
+//! | `envoy_least_request` | the same Envoy front proxy with `lb_policy: LEAST_REQUEST` (default `choice_count: 2`) |
+//! | `ideal` | the limit: one dispatcher shared by every client instance, exact in-flight counts and the scenario's ground truth, shortest expected delay (see [`super::ideal`]) |
 //! | `direct:ADDR` | everything to one address (a proxy in front of the same backends) |
+//!
+//! The Envoy policies start one Envoy per run over the run's fresh backends (see [`super::envoy`]), kept in
+//! [`Clients::envoy`] for as long as the transports; each client instance has its own `Channel` to it.
 //!
 //! The tower balancers sit behind `tower::buffer::Buffer` so every clone of the client shares one balancer.
 //! Lateral's `Balancer` (both `lateral` and `static_oracle`) is told `Unary` is idempotent, so it retries an
@@ -41,6 +47,8 @@ use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
 use super::cluster::{Cluster, SERVICE};
+use super::envoy::{EnvoyLb, EnvoyProxy};
+use super::ideal::{IdealDispatcher, IdealTransport};
 use super::scenario::{KEY_HEADER, Scenario};
 
 /// The gRPC path of the benchmark's request.
@@ -81,6 +89,12 @@ pub enum Policy {
     StaticOracle,
     /// Lateral with an embedded coordinator per client.
     Lateral,
+    /// A real Envoy front proxy with client-side weighted round robin on ORCA.
+    EnvoyCswrr,
+    /// A real Envoy front proxy with least request.
+    EnvoyLeastRequest,
+    /// The limit: one shared dispatcher with perfect, instant knowledge.
+    Ideal,
     /// Everything to one address.
     Direct(String),
 }
@@ -91,8 +105,11 @@ pub const ALL: &[&str] = &[
     "tonic_p2c",
     "p2c_pending",
     "p2c_peak_ewma",
+    "envoy_cswrr",
+    "envoy_least_request",
     "static_oracle",
     "lateral",
+    "ideal",
 ];
 
 impl std::str::FromStr for Policy {
@@ -106,6 +123,9 @@ impl std::str::FromStr for Policy {
             "p2c_peak_ewma" => Policy::P2cPeakEwma,
             "static_oracle" => Policy::StaticOracle,
             "lateral" => Policy::Lateral,
+            "envoy_cswrr" => Policy::EnvoyCswrr,
+            "envoy_least_request" => Policy::EnvoyLeastRequest,
+            "ideal" => Policy::Ideal,
             other => match other.strip_prefix("direct:") {
                 Some(addr) if !addr.is_empty() => Policy::Direct(addr.to_string()),
                 _ => {
@@ -128,6 +148,9 @@ impl fmt::Display for Policy {
             Policy::P2cPeakEwma => f.write_str("p2c_peak_ewma"),
             Policy::StaticOracle => f.write_str("static_oracle"),
             Policy::Lateral => f.write_str("lateral"),
+            Policy::EnvoyCswrr => f.write_str("envoy_cswrr"),
+            Policy::EnvoyLeastRequest => f.write_str("envoy_least_request"),
+            Policy::Ideal => f.write_str("ideal"),
             Policy::Direct(addr) => write!(f, "direct:{addr}"),
         }
     }
@@ -152,6 +175,10 @@ pub struct Clients {
     pub balancers: Vec<Balancer>,
     /// Weight snapshots seen by the first client's coordinator.
     pub weights: Arc<Mutex<Vec<WeightSample>>>,
+    /// The Envoy policies: the front proxy every transport sends to, killed when this is dropped.
+    pub envoy: Option<EnvoyProxy>,
+    /// `ideal`: the dispatcher every client instance shares (the run starts it following the timeline).
+    pub ideal: Option<Arc<IdealDispatcher>>,
 }
 
 fn channel(uri: &str) -> Result<Endpoint, BoxError> {
@@ -202,6 +229,15 @@ impl Service<http::Request<Body>> for RoundRobin {
 }
 
 impl Policy {
+    /// The Envoy load balancer of an Envoy policy.
+    pub fn envoy_lb(&self) -> Option<EnvoyLb> {
+        match self {
+            Policy::EnvoyCswrr => Some(EnvoyLb::Cswrr),
+            Policy::EnvoyLeastRequest => Some(EnvoyLb::LeastRequest),
+            _ => None,
+        }
+    }
+
     /// Builds `clients` independent client instances of this policy against `cluster`.
     pub async fn build(
         &self,
@@ -215,7 +251,12 @@ impl Policy {
             coordinators: Vec::new(),
             balancers: Vec::new(),
             weights: Arc::default(),
+            envoy: None,
+            ideal: None,
         };
+        if let Some(lb) = self.envoy_lb() {
+            out.envoy = Some(EnvoyProxy::start_over(lb, cluster).await?);
+        }
         for c in 0..clients {
             let seed = seed.wrapping_add(u64::from(c) * 7919);
             let transport = match self {
@@ -266,6 +307,22 @@ impl Policy {
                         erase(tower::buffer::Buffer::new(balance, 4096))
                     }
                 }
+                Policy::Ideal => {
+                    if out.ideal.is_none() {
+                        let channels = cluster
+                            .uris
+                            .iter()
+                            .map(|u| Ok(channel(u)?.connect_lazy()))
+                            .collect::<Result<Vec<_>, BoxError>>()?;
+                        out.ideal = Some(IdealDispatcher::new(scenario, channels));
+                    }
+                    let dispatcher = out.ideal.clone().ok_or("ideal dispatcher missing")?;
+                    erase(IdealTransport(dispatcher))
+                }
+                Policy::EnvoyCswrr | Policy::EnvoyLeastRequest => {
+                    let envoy = out.envoy.as_ref().ok_or("the Envoy proxy is not running")?;
+                    erase(channel(&envoy.uri())?.connect_lazy())
+                }
                 Policy::Direct(addr) => {
                     let uri = if addr.contains("://") {
                         addr.clone()
@@ -276,6 +333,12 @@ impl Policy {
                 }
                 Policy::StaticOracle | Policy::Lateral => {
                     let mut builder = Balancer::builder(SERVICE)
+                        .choice_count(
+                            std::env::var("LATERAL_CHOICE_COUNT")
+                                .ok()
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(2),
+                        )
                         .idempotent_methods([UNARY])
                         .client_id(format!("bench-{c}"))
                         .seed(seed);

@@ -61,12 +61,57 @@ pub fn json_record(scenario: &Scenario, run: &RunResult) -> Value {
         "p99_ms": run.quantile_ms(0.99),
         "p999_ms": run.quantile_ms(0.999),
         "share": share,
+        "send_lag_p99_ms": run.send_lag_ms(0.99),
+        "harness_saturated": run.harness_saturated(),
+        "success_after_fault": fault_success(scenario, run).map(|(ok, n)| json!({"ok": ok, "requests": n, "from_s": first_fault_s(scenario).map(|t| t + 1.0)})),
+        "achieved_shares": run.achieved_shares,
+        "mean_weights": mean_weights(run),
         "convergence_s": conv.as_ref().and_then(|(_, c)| *c),
         "convergence_marks": conv.as_ref().map(|(m, _)| m.iter().map(|(at, c)| json!({"at_s": at, "convergence_s": c})).collect::<Vec<_>>()),
         "hashing": hashing_json(scenario, run),
         "zones": zones_json(scenario, run),
         "split": split_json(run),
     })
+}
+
+/// When the scenario's first event happens (seconds after traffic start), if it has one.
+pub fn first_fault_s(scenario: &Scenario) -> Option<f64> {
+    scenario
+        .events
+        .iter()
+        .map(|e| e.at_s)
+        .min_by(f64::total_cmp)
+}
+
+/// Successes and requests counted from one second after the first fault (`None` without events).
+pub fn fault_success(scenario: &Scenario, run: &RunResult) -> Option<(u64, u64)> {
+    first_fault_s(scenario).map(|t| run.success_from(t + 1.0))
+}
+
+/// The mean of the weights the first client received over the second half of the run (lateral only).
+pub fn mean_weights(run: &RunResult) -> Option<Vec<f64>> {
+    let end = run.weights.last()?.0;
+    let half: Vec<&Vec<f64>> = run
+        .weights
+        .iter()
+        .filter(|(t, _)| *t >= end / 2.0)
+        .map(|(_, w)| w)
+        .collect();
+    let first = half.first()?;
+    let mut mean = vec![0.0; first.len()];
+    for w in &half {
+        for (m, x) in mean.iter_mut().zip(w.iter()) {
+            *m += x / half.len() as f64;
+        }
+    }
+    Some(mean)
+}
+
+fn percentages(v: &[f64]) -> String {
+    v.iter()
+        .map(|s| format!("{:.0}%", s * 100.0))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 /// Capacity shares at the start (the weights a key's share should follow).
@@ -395,10 +440,10 @@ pub fn markdown(scenario: &Scenario, runs: &[RunResult]) -> String {
     let names = runs.first().map(|r| r.backends.clone()).unwrap_or_default();
     let _ = writeln!(
         out,
-        "| policy | requests | success % | p50 ms | p90 ms | p99 ms | p99.9 ms | share ({}) | convergence s |",
+        "| policy | requests | success % | after fault % | p50 ms | p90 ms | p99 ms | p99.9 ms | share ({}) | convergence s | send lag p99 ms |",
         names.join(" / ")
     );
-    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|---|--:|");
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|");
     for r in runs {
         let share = r
             .share()
@@ -411,18 +456,29 @@ pub fn markdown(scenario: &Scenario, runs: &[RunResult]) -> String {
             Some((_, Some(c))) => format!("{c:.1}"),
             Some((_, None)) => "never".to_string(),
         };
+        let after = match fault_success(scenario, r) {
+            Some((ok, n)) if n > 0 => format!("{:.2}", 100.0 * ok as f64 / n as f64),
+            _ => "—".to_string(),
+        };
+        let lag = if r.harness_saturated() {
+            format!("{:.1} (harness saturated)", r.send_lag_ms(0.99))
+        } else {
+            format!("{:.1}", r.send_lag_ms(0.99))
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
+            "| {} | {} | {:.2} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
             r.policy,
             r.requests,
             100.0 * r.ok as f64 / r.requests.max(1) as f64,
+            after,
             r.quantile_ms(0.5),
             r.quantile_ms(0.9),
             r.quantile_ms(0.99),
             r.quantile_ms(0.999),
             share,
-            conv
+            conv,
+            lag
         );
     }
     for r in runs {
@@ -432,6 +488,23 @@ pub fn markdown(scenario: &Scenario, runs: &[RunResult]) -> String {
         }
         if r.retries > 0 {
             notes.push(format!("{} client retries", r.retries));
+        }
+        if r.harness_saturated() {
+            notes.push(format!(
+                "harness saturated: requests left up to {:.1} ms late (p99), so this row measures the generator, not the policy",
+                r.send_lag_ms(0.99)
+            ));
+        }
+        if let Some(achieved) = &r.achieved_shares {
+            let weights = mean_weights(r)
+                .map(|w| {
+                    format!(
+                        " against mean weights {} over the second half",
+                        percentages(&w)
+                    )
+                })
+                .unwrap_or_default();
+            notes.push(format!("picks {}{weights}", percentages(achieved)));
         }
         if let Some((marks, _)) = lateral_convergence(scenario, r) {
             let m = marks

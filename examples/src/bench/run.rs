@@ -97,7 +97,15 @@ pub struct RunResult {
     pub zone_spill_samples: Vec<(f64, bool)>,
     /// Lateral with a dynamic fraction: the dynamic and the static group (all clients), from `GroupStats`.
     pub groups: Option<(GroupStats, GroupStats)>,
+    /// How late each request left against its intended time, microseconds: the harness's own health.
+    pub send_lag_us: Histogram<u64>,
+    /// Lateral/static_oracle: what the clients really sent to each backend (scenario order), as shares of
+    /// their picks, next to the weights.
+    pub achieved_shares: Option<Vec<f64>>,
 }
+
+/// A run whose generator sent late by more than this at p99 measured the harness, not the policy.
+pub const SATURATED_SEND_LAG_P99: Duration = Duration::from_millis(5);
 
 /// Key affinity of a run with routing keys, counted over successful answers.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -170,6 +178,26 @@ impl RunResult {
     /// Latency at quantile `q`, milliseconds.
     pub fn quantile_ms(&self, q: f64) -> f64 {
         self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// Send lag at quantile `q`, milliseconds.
+    pub fn send_lag_ms(&self, q: f64) -> f64 {
+        self.send_lag_us.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// Whether the load generator itself fell behind (send-lag p99 over [`SATURATED_SEND_LAG_P99`]): the
+    /// row is then marked "harness saturated" rather than read as a policy result.
+    pub fn harness_saturated(&self) -> bool {
+        self.send_lag_us.value_at_quantile(0.99) > SATURATED_SEND_LAG_P99.as_micros() as u64
+    }
+
+    /// Successes and requests among those intended at or after `from_s` seconds (by time bucket).
+    pub fn success_from(&self, from_s: f64) -> (u64, u64) {
+        let first = (from_s / BUCKET_S).ceil().max(0.0) as usize;
+        self.buckets
+            .iter()
+            .skip(first)
+            .fold((0, 0), |(ok, n), b| (ok + b.ok, n + b.ok + b.errors))
     }
 
     /// Share of attributed requests per backend.
@@ -298,6 +326,8 @@ pub async fn run(
             zone_spilling_at_end: None,
             zone_spill_samples: Vec::new(),
             groups: None,
+            send_lag_us: histogram(2),
+            achieved_shares: None,
         },
     }));
 
@@ -306,6 +336,10 @@ pub async fn run(
     let timeout = Duration::from_millis(scenario.request_timeout_ms);
     let duration = Duration::from_secs_f64(scenario.duration_s);
 
+    let ideal = clients
+        .ideal
+        .as_ref()
+        .map(|d| d.follow(scenario.clone(), start));
     let events: Arc<Mutex<Vec<AppliedEvent>>> = Arc::default();
     let cluster = Arc::new(cluster);
     let runner = {
@@ -367,6 +401,7 @@ pub async fn run(
         let progress = progress.clone();
         let at = a.at;
         inflight.spawn(async move {
+            let lag = intended.elapsed().as_micros() as u64;
             let mut request = tonic::Request::new(EchoRequest {
                 message: "bench".into(),
                 ..Default::default()
@@ -390,6 +425,7 @@ pub async fn run(
                 Err(_) => Outcome::Timeout,
             };
             if let Ok(mut r) = recorder.lock() {
+                let _ = r.result.send_lag_us.record(lag.clamp(1, MAX_LATENCY_US));
                 r.record(at, micros, outcome, key);
             }
             progress.inc(1);
@@ -399,6 +435,10 @@ pub async fn run(
     while inflight.join_next().await.is_some() {}
     runner.abort();
     let _ = runner.await;
+    if let Some(ideal) = ideal {
+        ideal.abort();
+        let _ = ideal.await;
+    }
     if let Some(sampler) = spill_sampler {
         sampler.abort();
         let _ = sampler.await;
@@ -432,6 +472,20 @@ pub async fn run(
         }
     }
     result.events = events.lock().map(|v| v.clone()).unwrap_or_default();
+    if !clients.balancers.is_empty() {
+        let mut picks = vec![0.0; names.len()];
+        for b in &clients.balancers {
+            for (id, share) in b.achieved_shares() {
+                if let Some(i) = names.iter().position(|n| *n == id) {
+                    picks[i] += share;
+                }
+            }
+        }
+        let total: f64 = picks.iter().sum();
+        if total > 0.0 {
+            result.achieved_shares = Some(picks.iter().map(|p| p / total).collect());
+        }
+    }
     result.retries = clients
         .balancers
         .iter()

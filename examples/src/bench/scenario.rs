@@ -427,6 +427,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("hashing", include_str!("../../scenarios/hashing.toml")),
     ("zones", include_str!("../../scenarios/zones.toml")),
     ("split", include_str!("../../scenarios/split.toml")),
+    ("blackhole", include_str!("../../scenarios/blackhole.toml")),
 ];
 
 impl Scenario {

