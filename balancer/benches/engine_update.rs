@@ -21,6 +21,7 @@ fn report(i: usize, round: u64) -> LoadReport {
         accepting: true,
         declared_capacity: Some(8),
         utilization: Some(0.2 + (i % 10) as f64 * 0.05),
+        oldest_in_flight: None,
     }
 }
 

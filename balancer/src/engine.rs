@@ -45,7 +45,7 @@
 //!     in_flight: 2, completed: 50, failed: 0, window: Duration::from_millis(500),
 //!     latency_mean: Duration::from_millis(mean_ms), latency_p50: Duration::from_millis(mean_ms),
 //!     latency_p99: Duration::from_millis(2 * mean_ms), accepting: true,
-//!     declared_capacity: Some(8), utilization: None,
+//!     declared_capacity: Some(8), utilization: None, oldest_in_flight: None,
 //! };
 //! for _ in 0..20 {
 //!     now += Duration::from_millis(500);
@@ -66,6 +66,7 @@ pub mod config;
 pub mod decision;
 pub mod drift;
 pub mod freshness;
+pub mod liveness;
 pub mod oscillation;
 pub mod readmission;
 pub mod sim;
@@ -131,6 +132,9 @@ pub struct LoadReport {
     pub declared_capacity: Option<u32>,
     /// Busy fraction in [0, ∞) (may exceed 1 when overloaded), if reported.
     pub utilization: Option<f64>,
+    /// Age of the oldest request in flight when the heartbeat was taken (`None`: nothing in flight, or an
+    /// agent that does not say).
+    pub oldest_in_flight: Option<Duration>,
 }
 
 /// Which soft bound limited a share.
@@ -155,6 +159,8 @@ struct Endpoint {
     goodbye: bool,
     not_accepting: bool,
     fresh_data: bool,
+    /// The latest heartbeat showed a stalled path ([`liveness`]): why.
+    stalled: Option<String>,
     readmission: Readmission,
     canary: Option<Canary>,
     oscillation: Oscillation,
@@ -380,6 +386,7 @@ impl Engine {
             goodbye: false,
             not_accepting: false,
             fresh_data: false,
+            stalled: None,
             readmission,
             canary: is_canary.then(|| Canary::new(&self.config)),
             oscillation: Oscillation::default(),
@@ -532,6 +539,8 @@ impl Engine {
         }
         let step = self.config.step_change_factor;
         let ep = &mut self.endpoints[i];
+        let recent_mean = Duration::from_secs_f64(ep.agg.mean_s.max(0.0));
+        ep.stalled = liveness::stall(&report, recent_mean, &self.config);
         let received = ep.last_rx.map_or(now, |t| t.max(now));
         let restarted = ep.window.push(
             Sample {
@@ -591,6 +600,18 @@ impl Engine {
                 };
             } else if ep.canary.as_ref().is_some_and(|c| c.tripped) {
                 next = EndpointState::Tripped;
+            } else if let Some(stalled) = ep.stalled.as_ref().filter(|_| ep.last_rx.is_some_and(|last| matches!(freshness::classify(last, now, cfg), Freshness::Fresh(_)))) {
+                // Fresh heartbeats that say nothing completes: not live, whatever the freshness rules say.
+                if matches!(prev, EndpointState::Active | EndpointState::Ramping)
+                    || ep.readmission.holdoff_until.is_some()
+                {
+                    ep.readmission.on_outage(now, cfg);
+                }
+                ep.readmission.holdoff_until = None;
+                next = EndpointState::Ejected;
+                if prev != EndpointState::Ejected {
+                    ep.pending = Some((Rule::LivenessStalled, stalled.clone()));
+                }
             } else {
                 match ep.last_rx {
                     None => {
@@ -686,7 +707,7 @@ impl Engine {
                 if ep
                     .pending
                     .as_ref()
-                    .is_none_or(|(r, _)| *r != Rule::CanaryBreaker)
+                    .is_none_or(|(r, _)| !matches!(r, Rule::CanaryBreaker | Rule::LivenessStalled))
                 {
                     ep.pending = Some((rule, why));
                 }
@@ -1297,6 +1318,7 @@ mod tests {
             accepting: true,
             declared_capacity: Some(8),
             utilization: None,
+            oldest_in_flight: None,
         }
     }
 
@@ -1345,6 +1367,7 @@ mod tests {
         ));
         let bad = LoadReport {
             utilization: Some(f64::NAN),
+            oldest_in_flight: None,
             ..report(40, 10)
         };
         assert!(e.on_heartbeat(t0, "a", bad).is_err());

@@ -76,6 +76,9 @@ fn report() -> impl Strategy<Value = LoadReport> {
                     accepting,
                     declared_capacity: declared,
                     utilization,
+                    // Sometimes a stalled path (nothing completed, an old request outstanding).
+                    oldest_in_flight: (in_flight > 0)
+                        .then(|| Duration::from_micros(mean_us.saturating_mul(p99x * 8))),
                 }
             },
         )
@@ -235,6 +238,7 @@ proptest! {
                     accepting: true,
                     declared_capacity: None,
                     utilization: None,
+                    oldest_in_flight: None,
                 };
                 engine.on_heartbeat(now, &format!("e{i}"), r).expect("valid report");
             }

@@ -27,6 +27,7 @@ fn hb(rps: u64, mean_ms: u64) -> LoadReport {
         accepting: true,
         declared_capacity: Some(8),
         utilization: None,
+        oldest_in_flight: None,
     }
 }
 
@@ -402,4 +403,53 @@ fn a_returning_endpoint_ramps_even_when_the_others_run_past_the_planning_cap() {
         "a gradual ramp: {first:?}"
     );
     assert!(first[3] <= 0.2, "b's first shares while ramping: {first:?}");
+}
+
+#[test]
+fn a_path_that_completes_nothing_gets_zero_with_a_record_and_ramps_back_when_it_answers() {
+    let (mut e, mut clock) = two(EngineConfig::default());
+    for _ in 0..10 {
+        let now = clock.tick();
+        e.on_heartbeat(now, "a", hb(200, 15)).unwrap();
+        e.on_heartbeat(now, "b", hb(200, 15)).unwrap();
+        e.on_tick(now);
+    }
+    assert!(e.table().weight("b") > 0.3);
+    while e.poll_decision().is_some() {}
+    // b blackholes: heartbeats keep coming (fresh), with requests piling up and nothing completing.
+    let fault = clock.now;
+    let mut zero_at = None;
+    for k in 1..=4u64 {
+        let now = clock.tick();
+        e.on_heartbeat(now, "a", hb(300, 15)).unwrap();
+        let stuck = LoadReport {
+            in_flight: 12 * k as u32,
+            completed: 0,
+            oldest_in_flight: Some(Duration::from_millis(500 * k - 100)),
+            ..hb(0, 15)
+        };
+        e.on_heartbeat(now, "b", stuck).unwrap();
+        e.on_tick(now);
+        if zero_at.is_none() && e.table().weight("b") == 0.0 {
+            zero_at = Some(now - fault);
+        }
+    }
+    let zero_at = zero_at.expect("a stalled path kept a share");
+    assert!(zero_at <= Duration::from_secs(1), "took {zero_at:?}");
+    let records: Vec<_> = std::iter::from_fn(|| e.poll_decision()).collect();
+    let stalled = records
+        .iter()
+        .find(|d| d.endpoint == "b" && d.rule == Rule::LivenessStalled)
+        .expect("no liveness.stalled record");
+    assert!(stalled.reason.contains("none completed"), "{}", stalled.reason);
+    assert_eq!(e.table().get("b").map(|r| r.state), Some(EndpointState::Ejected));
+    // It answers again: re-admitted through the ramp, not at once to its old share.
+    for _ in 0..4 {
+        let now = clock.tick();
+        e.on_heartbeat(now, "a", hb(300, 15)).unwrap();
+        e.on_heartbeat(now, "b", hb(100, 15)).unwrap();
+        e.on_tick(now);
+    }
+    let w = e.table().weight("b");
+    assert!(w > 0.0 && w < 0.3, "b at {w} after returning");
 }

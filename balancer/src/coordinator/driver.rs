@@ -253,6 +253,8 @@ impl Driver {
                     accepting: hb.accepting,
                     declared_capacity: hb.declared_capacity,
                     utilization: hb.utilization,
+                    oldest_in_flight: (hb.oldest_in_flight_us > 0)
+                        .then(|| Duration::from_micros(hb.oldest_in_flight_us)),
                 };
                 // One heartbeat in N becomes a span (the rest would drown a trace backend).
                 let every = self

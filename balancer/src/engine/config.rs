@@ -68,6 +68,14 @@ pub struct EngineConfig {
     /// Silence after which an endpoint is ejected (share 0). Default 5 s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub eject_after: Duration,
+    /// Liveness from completions: a heartbeat with requests in flight, none completed in its window, and its
+    /// oldest in-flight request older than `stall_latency_multiple` × the endpoint's recent mean latency (at
+    /// least `min_stall`) says the path completes nothing: share 0 at once, no floor (rule
+    /// `liveness.stalled`), re-admitted by the usual ramp when it completes again. Default 10; 0 disables.
+    pub stall_latency_multiple: f64,
+    /// The shortest stall bound (see `stall_latency_multiple`). Default 250 ms.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub min_stall: Duration,
     /// A returning endpoint starts at this fraction of its share (Envoy's `slow_start` aggression). Default 0.1.
     pub readmission_start: f64,
     /// Time to ramp from `readmission_start` to the full share. Default 30 s.
@@ -150,6 +158,8 @@ impl Default for EngineConfig {
             degraded_after_missed: 3,
             degraded_decay: 0.8,
             eject_after: Duration::from_secs(5),
+            stall_latency_multiple: 10.0,
+            min_stall: Duration::from_millis(250),
             readmission_start: 0.1,
             readmission_ramp: Duration::from_secs(30),
             flap_window: Duration::from_secs(60),
@@ -311,6 +321,15 @@ impl EngineConfig {
                 expected: format!(
                     "longer than degraded_after_missed × heartbeat_interval ({degraded_at:?}), found {:?}",
                     self.eject_after
+                ),
+            });
+        }
+        if !(self.stall_latency_multiple.is_finite() && self.stall_latency_multiple >= 0.0) {
+            return Err(ConfigError {
+                field: "stall_latency_multiple",
+                expected: format!(
+                    "a non-negative number (0 disables), found {}",
+                    self.stall_latency_multiple
                 ),
             });
         }

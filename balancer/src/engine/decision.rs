@@ -30,6 +30,8 @@ pub enum Rule {
     FreshnessDegraded,
     /// Silent past `eject_after`: share 0.
     FreshnessEjected,
+    /// Requests in flight and none completing past the stall bound (liveness from completions): share 0.
+    LivenessStalled,
     /// Returning endpoint: hold-off, then a ramp from `readmission_start` to its full share.
     Readmission,
     /// Held at the canary floor.
@@ -62,6 +64,7 @@ impl Rule {
             Rule::Cap => "cap",
             Rule::FreshnessDegraded => "freshness.degraded",
             Rule::FreshnessEjected => "freshness.ejected",
+            Rule::LivenessStalled => "liveness.stalled",
             Rule::Readmission => "readmission",
             Rule::CanaryFloor => "canary.floor",
             Rule::CanaryBreaker => "canary.breaker",

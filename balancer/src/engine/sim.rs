@@ -209,6 +209,7 @@ impl Backend {
             accepting: true,
             declared_capacity: self.spec.declare_slots.then_some(self.spec.slots),
             utilization: self.spec.report_utilization.then_some(util),
+            oldest_in_flight: None,
         };
         self.completed = 0;
         self.failed = 0;
