@@ -600,7 +600,11 @@ impl Engine {
                 };
             } else if ep.canary.as_ref().is_some_and(|c| c.tripped) {
                 next = EndpointState::Tripped;
-            } else if let Some(stalled) = ep.stalled.as_ref().filter(|_| ep.last_rx.is_some_and(|last| matches!(freshness::classify(last, now, cfg), Freshness::Fresh(_)))) {
+            } else if let Some(stalled) = ep.stalled.as_ref().filter(|_| {
+                ep.last_rx.is_some_and(|last| {
+                    matches!(freshness::classify(last, now, cfg), Freshness::Fresh(_))
+                })
+            }) {
                 // Fresh heartbeats that say nothing completes: not live, whatever the freshness rules say.
                 if matches!(prev, EndpointState::Active | EndpointState::Ramping)
                     || ep.readmission.holdoff_until.is_some()
@@ -814,7 +818,11 @@ impl Engine {
             .powf(dt.as_secs_f64() / cfg_interval.as_secs_f64());
 
         self.update_states(now);
+        let had_data = self.ever_had_data;
         self.refresh_estimates(now);
+        // The first measured weights replace the start-up guess outright: smoothing exists to keep noise
+        // from walking a converged weight, and a guess (equal shares, or declared slots) is not one.
+        let alpha = if had_data { alpha } else { 1.0 };
 
         let n = self.endpoints.len();
         self.scratch_w.clear();
@@ -888,15 +896,30 @@ impl Engine {
         } else {
             &|_: &Endpoint| true
         };
+        // Without configured static weights, declared slots are the best start-up guess: asymmetric paths
+        // get asymmetric shares before the first measurement, never a second of equal shares.
+        let configured = |e: &Endpoint| {
+            e.spec
+                .static_weight
+                .is_some_and(|w| w.is_finite() && w > 0.0)
+        };
+        let by_slots = !self.endpoints.iter().any(configured)
+            && self
+                .endpoints
+                .iter()
+                .filter(|e| set(e))
+                .all(|e| e.declared.is_some_and(|d| d > 0));
         let mut sum = 0.0;
         for (i, ep) in self.endpoints.iter().enumerate() {
-            let w = if set(ep) {
+            let w = if !set(ep) {
+                0.0
+            } else if by_slots {
+                ep.declared.map_or(1.0, f64::from)
+            } else {
                 ep.spec
                     .static_weight
                     .filter(|w| w.is_finite() && *w > 0.0)
                     .unwrap_or(1.0)
-            } else {
-                0.0
             };
             self.scratch_w[i] = w;
             sum += w;

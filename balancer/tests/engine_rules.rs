@@ -441,8 +441,15 @@ fn a_path_that_completes_nothing_gets_zero_with_a_record_and_ramps_back_when_it_
         .iter()
         .find(|d| d.endpoint == "b" && d.rule == Rule::LivenessStalled)
         .expect("no liveness.stalled record");
-    assert!(stalled.reason.contains("none completed"), "{}", stalled.reason);
-    assert_eq!(e.table().get("b").map(|r| r.state), Some(EndpointState::Ejected));
+    assert!(
+        stalled.reason.contains("none completed"),
+        "{}",
+        stalled.reason
+    );
+    assert_eq!(
+        e.table().get("b").map(|r| r.state),
+        Some(EndpointState::Ejected)
+    );
     // It answers again: re-admitted through the ramp, not at once to its old share.
     for _ in 0..4 {
         let now = clock.tick();

@@ -19,7 +19,9 @@ pub fn stall(report: &LoadReport, recent_mean: Duration, cfg: &EngineConfig) -> 
         return None;
     }
     let oldest = report.oldest_in_flight?;
-    let bound = recent_mean.mul_f64(cfg.stall_latency_multiple).max(cfg.min_stall);
+    let bound = recent_mean
+        .mul_f64(cfg.stall_latency_multiple)
+        .max(cfg.min_stall);
     (oldest > bound).then(|| {
         format!(
             "{} requests in flight, none completed in the last {:.1} s, the oldest for {:.0} ms (bound {:.0} ms = max({} × recent mean {:.0} ms, {:?})): completes nothing; share 0, no floor",
@@ -59,10 +61,19 @@ mod tests {
         let cfg = EngineConfig::default();
         let mean = Duration::from_millis(15);
         assert!(stall(&report(12, 0, Some(600)), mean, &cfg).is_some());
-        assert!(stall(&report(12, 1, Some(600)), mean, &cfg).is_none(), "it completed one");
+        assert!(
+            stall(&report(12, 1, Some(600)), mean, &cfg).is_none(),
+            "it completed one"
+        );
         assert!(stall(&report(0, 0, None), mean, &cfg).is_none(), "idle");
-        assert!(stall(&report(3, 0, Some(200)), mean, &cfg).is_none(), "within min_stall");
-        assert!(stall(&report(3, 0, None), mean, &cfg).is_none(), "an old agent says nothing");
+        assert!(
+            stall(&report(3, 0, Some(200)), mean, &cfg).is_none(),
+            "within min_stall"
+        );
+        assert!(
+            stall(&report(3, 0, None), mean, &cfg).is_none(),
+            "an old agent says nothing"
+        );
         // A slow path: 80 ms mean, bound 800 ms.
         assert!(stall(&report(3, 0, Some(700)), Duration::from_millis(80), &cfg).is_none());
         let off = EngineConfig {

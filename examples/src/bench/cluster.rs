@@ -112,7 +112,8 @@ impl Cluster {
                     agent: *agent,
                     zone: b.zone().map(String::from),
                     labels: b.labels.clone(),
-                    static_weight: Some(1.0),
+                    // No static weight: the engine starts from the agents' declared slots.
+                    static_weight: None,
                     declared_capacity: None,
                 })
                 .collect(),

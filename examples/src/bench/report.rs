@@ -66,12 +66,48 @@ pub fn json_record(scenario: &Scenario, run: &RunResult) -> Value {
         "success_after_fault": fault_success(scenario, run).map(|(ok, n)| json!({"ok": ok, "requests": n, "from_s": first_fault_s(scenario).map(|t| t + 1.0)})),
         "achieved_shares": run.achieved_shares,
         "mean_weights": mean_weights(run),
+        "overshoot_points": overshoot(scenario, run).map(|o| o * 100.0),
+        "weights": run.weights.iter().map(|(t, w)| json!([t, w])).collect::<Vec<_>>(),
         "convergence_s": conv.as_ref().and_then(|(_, c)| *c),
         "convergence_marks": conv.as_ref().map(|(m, _)| m.iter().map(|(at, c)| json!({"at_s": at, "convergence_s": c})).collect::<Vec<_>>()),
         "hashing": hashing_json(scenario, run),
         "zones": zones_json(scenario, run),
         "split": split_json(run),
     })
+}
+
+/// How far lateral's weights swung past their target after the start or a step change: per mark of
+/// [`Scenario::convergence_marks`] and endpoint, the target is the capacity share of the scenario's truth
+/// ([`Scenario::ideal_share_at`]); a weight that starts above it (below it) and later goes below it (above
+/// it) overshot by the largest such excursion. The largest over marks and endpoints, as a share (0.05 = 5
+/// points); `None` without weight samples.
+pub fn overshoot(scenario: &Scenario, run: &RunResult) -> Option<f64> {
+    if run.weights.is_empty() {
+        return None;
+    }
+    let marks = scenario.convergence_marks();
+    let mut worst = 0.0_f64;
+    for (k, &m) in marks.iter().enumerate() {
+        let end = marks.get(k + 1).copied().unwrap_or(scenario.duration_s);
+        let points: Vec<&(f64, Vec<f64>)> = run
+            .weights
+            .iter()
+            .filter(|(t, _)| *t >= m && *t < end)
+            .collect();
+        let Some((t0, w0)) = points.first() else {
+            continue;
+        };
+        let target0 = scenario.ideal_share_at(*t0);
+        for i in 0..w0.len() {
+            let sign = (w0[i] - target0.get(i).copied().unwrap_or(0.0)).signum();
+            for (t, w) in &points {
+                let target = scenario.ideal_share_at(*t);
+                let past = -sign * (w[i] - target.get(i).copied().unwrap_or(0.0));
+                worst = worst.max(past);
+            }
+        }
+    }
+    Some(worst)
 }
 
 /// When the scenario's first event happens (seconds after traffic start), if it has one.
@@ -505,6 +541,12 @@ pub fn markdown(scenario: &Scenario, runs: &[RunResult]) -> String {
                 })
                 .unwrap_or_default();
             notes.push(format!("picks {}{weights}", percentages(achieved)));
+        }
+        if let Some(o) = overshoot(scenario, r) {
+            notes.push(format!(
+                "weights overshoot their target by at most {:.1} points",
+                o * 100.0
+            ));
         }
         if let Some((marks, _)) = lateral_convergence(scenario, r) {
             let m = marks
