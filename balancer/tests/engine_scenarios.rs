@@ -124,6 +124,54 @@ fn steady_four_to_one() {
     }
 }
 
+/// The largest excursion of endpoint `i`'s weight past its ideal share after `from_s`, in the direction
+/// opposite to where it started (0 when it approaches without crossing).
+fn overshoot(sc: &Scenario, i: usize, from_s: f64) -> f64 {
+    let rows: Vec<&TraceRow> = sc.sim.trace().iter().filter(|r| r.t_s >= from_s).collect();
+    let Some(first) = rows.first() else {
+        return 0.0;
+    };
+    let sign = (first.weights[i] - first.ideal[i]).signum();
+    rows.iter()
+        .map(|r| -sign * (r.weights[i] - r.ideal[i]))
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn the_bench_start_is_asymmetric_at_once_and_settles_without_overshoot() {
+    for seed in [7, 8, 9] {
+        let sc = run_seeded("bench-start", seed);
+        // Before any traffic the declared slots already split 8:4, never 50/50.
+        let before = sc
+            .sim
+            .trace()
+            .iter()
+            .find(|r| r.t_s >= 0.5 && r.t_s <= 1.0)
+            .expect("a tick before traffic");
+        assert!(
+            (before.weights[0] - 8.0 / 12.0).abs() < 0.01,
+            "seed {seed}: {:?} before traffic",
+            before.weights
+        );
+        let over = overshoot(&sc, 0, 1.0).max(overshoot(&sc, 1, 1.0));
+        let settled = sc
+            .sim
+            .trace()
+            .iter()
+            .filter(|r| r.t_s >= 2.5)
+            .all(|r| (r.weights[0] - 0.8).abs() <= 0.05);
+        println!(
+            "bench-start seed {seed}: overshoot {:.1} points",
+            over * 100.0
+        );
+        assert!(over <= 0.05, "seed {seed}: overshoot {over}");
+        assert!(
+            settled,
+            "seed {seed}: not within 5 points of 80/20 from 1.5 s after traffic began"
+        );
+    }
+}
+
 #[test]
 fn sudden_five_fold_latency_spike() {
     let sc = run("spike");

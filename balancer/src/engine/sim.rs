@@ -31,8 +31,10 @@ pub struct SimBackend {
     pub slots: u32,
     /// Mean service time of a request.
     pub service_time: Duration,
-    /// Service times are uniform in `service_time × (1 ± jitter)`.
+    /// Service times are uniform in `service_time × (1 ± jitter)` …
     pub jitter: f64,
+    /// … or exponential around `service_time` (an M/M/c-like backend, like the bench's Echo backends).
+    pub exponential: bool,
     /// Probability that a request fails.
     pub error_rate: f64,
     /// Whether failures return at once (1 ms) instead of after the service time.
@@ -53,6 +55,7 @@ impl SimBackend {
             slots,
             service_time,
             jitter: 0.25,
+            exponential: false,
             error_rate: 0.0,
             fail_fast: false,
             labels: BTreeMap::new(),
@@ -131,6 +134,10 @@ struct Backend {
 impl Backend {
     fn service_us(&self, now_us: u64, rng: &mut SmallRng) -> f64 {
         let base = self.current_service_us(now_us);
+        if self.spec.exponential {
+            // Inverse transform; 1 − u is in (0, 1], so the logarithm is finite.
+            return -base * (1.0 - rng.random::<f64>()).ln();
+        }
         let j = self.spec.jitter.clamp(0.0, 0.99);
         base * (1.0 + j * (2.0 * rng.random::<f64>() - 1.0))
     }
@@ -512,7 +519,13 @@ impl Sim {
                     self.refresh_routing();
                 }
             }
-            SimEvent::ArrivalRate(r) => self.arrival_rps = r,
+            SimEvent::ArrivalRate(r) => {
+                self.arrival_rps = r;
+                // From no traffic (the next arrival parked far away): the stream starts now.
+                if self.next_arrival_us >= u64::MAX / 8 {
+                    self.next_arrival_us = self.now_us + exp_us(&mut self.rng, r);
+                }
+            }
         }
     }
 

@@ -23,8 +23,9 @@ pub struct Scenario {
 }
 
 /// Every scenario name.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     "steady",
+    "bench-start",
     "steady-declared",
     "spike",
     "silent",
@@ -56,6 +57,24 @@ pub fn build(name: &str, start: Instant, seed: u64) -> Option<Result<Scenario, C
             change_at_s: 0.0,
             duration: s(30),
         }),
+        "bench-start" => {
+            // The bench's steady-4to1 as it really starts: agents heartbeat for a second with no traffic
+            // (declared slots only), then 700 req/s of Poisson arrivals on exponential service times.
+            let mut big = SimBackend::new("big", 8, ms(10));
+            let mut small = SimBackend::new("small", 4, ms(20));
+            big.exponential = true;
+            small.exponential = true;
+            Sim::new(start, cfg, 0.0, vec![big, small], seed).map(|mut sim| {
+                sim.at(s(1), SimEvent::ArrivalRate(700.0));
+                Scenario {
+                    name: "bench-start",
+                    description: "the bench's steady-4to1 start: 1 s of heartbeats without traffic, then 700 req/s on 8×10 ms vs 4×20 ms (80/20)",
+                    sim,
+                    change_at_s: 1.0,
+                    duration: s(16),
+                }
+            })
+        }
         "steady-declared" => {
             let mut a = fast();
             let mut b = slow();
