@@ -12,7 +12,7 @@
 //! | `mem_utilization` | not filled (0) |
 //! | `rps` (deprecated) | not filled (0); see `rps_fractional` |
 //! | `request_cost` | not filled (empty) |
-//! | `utilization["in_flight"]` | equal to `application_utilization`; present only with a declared capacity |
+//! | `utilization["in_flight"]` | the instantaneous counterpart: the *other* requests in flight at the moment of the answer (the answered one left out) / declared capacity; present only with a declared capacity. Lateral's zone preference reads it, since it must react within a window |
 //! | `rps_fractional` | completed requests per second over the window most recently closed by the reporter ([`Recorder::last_rates`]); 0 before the first window closes |
 //! | `eps` | failed requests per second over that window; 0 before the first window closes |
 //! | `named_metrics["in_flight"]` | the raw, instantaneous in-flight count when the report is made — the request the report answers **included** (it is still in flight while its trailers are written), so it is ≥ 1 on a response |
@@ -59,7 +59,12 @@ pub fn load_report(recorder: &Recorder) -> OrcaLoadReport {
         let util = recorder.mean_in_flight() / f64::from(capacity.max(1));
         let util = if util.is_finite() { util.max(0.0) } else { 0.0 };
         report.application_utilization = util;
-        report.utilization.insert(IN_FLIGHT_METRIC.to_owned(), util);
+        // The instantaneous counterpart, for clients that react within a window (Lateral's zone
+        // preference): the *other* requests in flight (the answered one is leaving) / capacity.
+        let others = (in_flight - 1.0).max(0.0) / f64::from(capacity.max(1));
+        report
+            .utilization
+            .insert(IN_FLIGHT_METRIC.to_owned(), others);
     }
     report
         .named_metrics
@@ -144,7 +149,8 @@ mod tests {
         let report = decode(&headers).unwrap().unwrap();
         // Before any window closed: the running mean, two in flight all along, of four slots.
         assert_eq!(report.application_utilization, 0.5);
-        assert_eq!(report.utilization.get(IN_FLIGHT_METRIC), Some(&0.5));
+        // One other request of four slots.
+        assert_eq!(report.utilization.get(IN_FLIGHT_METRIC), Some(&0.25));
         assert_eq!(report.named_metrics.get(IN_FLIGHT_METRIC), Some(&2.0));
         assert_eq!(
             report.named_metrics.get(OLDEST_IN_FLIGHT_MS_METRIC),

@@ -4,8 +4,9 @@
 //! metadata: base64, padded or not, of the prost-encoded message) tells the client two things:
 //! - `named_metrics["in_flight"]`: the requests in flight at the endpoint when it answered, over every
 //!   client. The pick's queue estimate takes the other clients' part of it ([`super::live_load`]);
-//! - `application_utilization` (else `cpu_utilization`): how busy the endpoint is, which zone preference
-//!   ([`super::zones`]) averages to decide whether a zone can carry its clients. [`OrcaSignal`] keeps it,
+//! - `utilization["in_flight"]` (the agent's instantaneous busy measure), else `application_utilization`
+//!   (windowed), else `cpu_utilization`: how busy the endpoint is, which zone preference ([`super::zones`])
+//!   averages to decide whether a zone can carry its clients. [`OrcaSignal`] keeps it,
 //!   smoothed as `u = 0.5·new + 0.5·old`.
 //!
 //! Neither changes the weights. (An earlier version multiplied each weight by up to ×2 from the
@@ -73,7 +74,8 @@ impl OrcaSignal {
 /// The fields of a load report the client uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct OrcaReading {
-    /// `application_utilization` when positive, else `cpu_utilization` when positive; finite and ≥ 0.
+    /// `utilization["in_flight"]` when present, else `application_utilization` when positive, else
+    /// `cpu_utilization` when positive; finite and ≥ 0.
     pub utilization: Option<f64>,
     /// `named_metrics["in_flight"]`, finite and ≥ 0.
     pub in_flight: Option<f64>,
@@ -116,6 +118,7 @@ const FIXED32: u64 = 5;
 
 /// `OrcaLoadReport` field numbers (proto/proto/xds/data/orca/v3/orca_load_report.proto).
 const CPU_UTILIZATION: u64 = 1;
+const UTILIZATION: u64 = 5;
 const NAMED_METRICS: u64 = 8;
 const APPLICATION_UTILIZATION: u64 = 9;
 
@@ -180,30 +183,41 @@ fn usable(v: f64) -> Option<f64> {
     (v.is_finite() && v >= 0.0).then_some(v)
 }
 
+/// Reads one `map<string, double>` entry: `Some(Some(value))` for the key `in_flight`, `Some(None)` for
+/// another key, `None` when malformed.
+fn in_flight_entry(bytes: &[u8]) -> Option<Option<f64>> {
+    let mut entry = Wire(bytes);
+    let (mut key, mut value) = (&b""[..], 0.0);
+    while let Some((f, t)) = entry.key() {
+        match (f, t) {
+            (1, LEN) => key = entry.bytes()?,
+            (2, FIXED64) => value = entry.double()?,
+            _ => entry.skip(t)?,
+        }
+    }
+    if !entry.0.is_empty() {
+        return None;
+    }
+    Some((key == IN_FLIGHT_METRIC.as_bytes()).then_some(value))
+}
+
 /// Reads the used fields from an encoded `OrcaLoadReport`; `None` when it is malformed. The last occurrence
 /// of a field wins, as in protobuf.
 pub fn parse_report(bytes: &[u8]) -> Option<OrcaReading> {
     let mut wire = Wire(bytes);
-    let (mut application, mut cpu, mut in_flight) = (0.0, 0.0, None);
+    let (mut application, mut cpu, mut in_flight, mut named_utilization) = (0.0, 0.0, None, None);
     while let Some((field, wire_type)) = wire.key() {
         match (field, wire_type) {
             (CPU_UTILIZATION, FIXED64) => cpu = wire.double()?,
             (APPLICATION_UTILIZATION, FIXED64) => application = wire.double()?,
             (NAMED_METRICS, LEN) => {
-                let mut entry = Wire(wire.bytes()?);
-                let (mut key, mut value) = (&b""[..], 0.0);
-                while let Some((f, t)) = entry.key() {
-                    match (f, t) {
-                        (1, LEN) => key = entry.bytes()?,
-                        (2, FIXED64) => value = entry.double()?,
-                        _ => entry.skip(t)?,
-                    }
+                if let Some(v) = in_flight_entry(wire.bytes()?)? {
+                    in_flight = usable(v);
                 }
-                if !entry.0.is_empty() {
-                    return None;
-                }
-                if key == IN_FLIGHT_METRIC.as_bytes() {
-                    in_flight = usable(value);
+            }
+            (UTILIZATION, LEN) => {
+                if let Some(v) = in_flight_entry(wire.bytes()?)? {
+                    named_utilization = usable(v);
                 }
             }
             _ => wire.skip(wire_type)?,
@@ -212,8 +226,8 @@ pub fn parse_report(bytes: &[u8]) -> Option<OrcaReading> {
     if !wire.0.is_empty() {
         return None;
     }
-    let utilization = usable(application)
-        .filter(|u| *u > 0.0)
+    let utilization = named_utilization
+        .or_else(|| usable(application).filter(|u| *u > 0.0))
         .or_else(|| usable(cpu).filter(|u| *u > 0.0));
     Some(OrcaReading {
         utilization,
@@ -245,9 +259,12 @@ mod tests {
         };
         report.named_metrics.insert("other".into(), 3.0);
         report.named_metrics.insert(IN_FLIGHT_METRIC.into(), 5.0);
-        report.utilization.insert("in_flight".into(), 0.7);
         let reading = read_report(&headers(&report)).unwrap();
         assert_eq!(reading.utilization, Some(0.7));
+        // The instantaneous `utilization["in_flight"]` wins over the windowed figure.
+        report.utilization.insert("in_flight".into(), 0.25);
+        let reading = read_report(&headers(&report)).unwrap();
+        assert_eq!(reading.utilization, Some(0.25));
         assert_eq!(reading.in_flight, Some(5.0));
     }
 
@@ -302,7 +319,8 @@ mod tests {
             let reading = parse_report(&bytes).unwrap();
             let decoded = OrcaLoadReport::decode(&bytes[..]).unwrap();
             prop_assert_eq!(reading.in_flight, decoded.named_metrics.get(IN_FLIGHT_METRIC).copied().and_then(usable));
-            let expected = if decoded.application_utilization > 0.0 { Some(decoded.application_utilization) }
+            let expected = if let Some(u) = decoded.utilization.get(IN_FLIGHT_METRIC).copied().and_then(usable) { Some(u) }
+                else if decoded.application_utilization > 0.0 { Some(decoded.application_utilization) }
                 else if decoded.cpu_utilization > 0.0 { Some(decoded.cpu_utilization) } else { None };
             prop_assert_eq!(reading.utilization, expected);
         }

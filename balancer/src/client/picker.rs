@@ -14,7 +14,8 @@
 //!
 //! [`PickerSnapshot`] makes the pick two-level. The scheduler's pick is the first candidate; when it may be
 //! chosen against (an active, non-canary endpoint), `choice_count − 1` more are drawn at random by weight
-//! ([`StrideScheduler::draw`]) and the one with the shortest expected delay `(q + 1) / share` wins, where `q`
+//! ([`StrideScheduler::draw`], redrawn when it names the scheduled one again) and the one with the shortest
+//! expected delay `(q + 1) / share` wins, where `q`
 //! is the live queue estimate of [`super::live_load`] (this client's in-flight requests plus the other
 //! clients' from the endpoint's last ORCA report, aged) and `share` the endpoint's weight, which the
 //! coordinator keeps at its capacity share. This is gRPC's and the queueing literature's "shortest expected
@@ -51,6 +52,9 @@ pub const MAX_PROBES: usize = 8;
 
 /// How many random draws [`StrideScheduler::draw`] tries before it falls back to the schedule.
 const MAX_DRAWS: usize = 64;
+
+/// How many times a pick redraws an alternative that came out equal to the scheduled candidate.
+const MAX_REDRAWS: usize = 4;
 
 /// The default number of candidates per pick (the scheduled one and one drawn by weight).
 pub const DEFAULT_CHOICE_COUNT: usize = 2;
@@ -261,7 +265,16 @@ impl PickerSnapshot {
         }
         let (mut best, mut best_delay) = (first, self.expected_delay(first, now_us));
         for _ in 1..self.choice_count {
-            let candidate = scheduler.draw(self.draws.fetch_add(1, Ordering::Relaxed));
+            // An alternative is drawn by weight among the *other* endpoints (a few redraws): drawing the
+            // scheduled one again wastes the choice, and with one dominant weight that would be most draws,
+            // just when the dominant path has the queue.
+            let mut candidate = first;
+            for _ in 0..MAX_REDRAWS {
+                candidate = scheduler.draw(self.draws.fetch_add(1, Ordering::Relaxed));
+                if candidate != first {
+                    break;
+                }
+            }
             if candidate == best
                 || !self.choosable[candidate]
                 || self.locality[candidate] != self.locality[first]
