@@ -4,6 +4,9 @@
 //!
 //! - `pick/lateral_stride/N`: one `StrideScheduler::pick` (gRFC A58 static stride) over N endpoints with
 //!   random weights in [0.1, 1] (equal weights would take the round-robin fast path).
+//! - `pick/lateral_two_level/N`: the balancer's real pick ([`PickBench`], choice_count 2): the stride pick,
+//!   an alternative drawn by weight among the others, both usable checks (local ejection, stall) and the
+//!   expected-delay comparison from the live queue estimates. What a request pays today.
 //! - `pick/tower_p2c/N`: `tower::balance::p2c::Balance` over N always-ready `PendingRequests` services:
 //!   `poll_ready` (discovery poll, ready-cache promotion of the service called last, two random choices
 //!   compared by load) and `call`, the returned future dropped unpolled. That is the per-request selection
@@ -21,7 +24,7 @@ use std::task::{Context, Waker};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use lateral_balancer::client::Balancer;
 use lateral_balancer::client::hashing::{DEFAULT_TABLE_SIZE, MaglevTable, hash_key};
-use lateral_balancer::client::picker::StrideScheduler;
+use lateral_balancer::client::picker::{PickBench, StrideScheduler};
 use lateral_proto::demo::echo_client::EchoClient;
 use lateral_proto::demo::echo_server::{Echo, EchoServer};
 use lateral_proto::demo::{EchoReply, EchoRequest};
@@ -44,6 +47,20 @@ fn pick(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("lateral_stride", n), &n, |b, _| {
             b.iter(|| black_box(scheduler.pick()))
         });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the lazy channels");
+        let _enter = runtime.enter();
+        if let Some(two_level) = PickBench::new(&weights, 2) {
+            let mut now_us = 1u64;
+            group.bench_with_input(BenchmarkId::new("lateral_two_level", n), &n, |b, _| {
+                b.iter(|| {
+                    now_us += 1;
+                    black_box(two_level.pick(now_us))
+                })
+            });
+        }
 
         let services: Vec<_> = (0..n)
             .map(|_| {

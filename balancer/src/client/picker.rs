@@ -54,7 +54,7 @@ pub const MAX_PROBES: usize = 8;
 const MAX_DRAWS: usize = 64;
 
 /// How many times a pick redraws an alternative that came out equal to the scheduled candidate.
-const MAX_REDRAWS: usize = 4;
+const MAX_REDRAWS: usize = 8;
 
 /// The default number of candidates per pick (the scheduled one and one drawn by weight).
 pub const DEFAULT_CHOICE_COUNT: usize = 2;
@@ -360,6 +360,51 @@ impl PickerSnapshot {
     }
 }
 
+/// The real two-level pick over lazily-connected endpoints that are never dialed, for the criterion bench
+/// (`benches/pick.rs`); not part of the API. Needs a tokio runtime (the lazy channels).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct PickBench(PickerSnapshot);
+
+impl PickBench {
+    /// A snapshot over `weights` (all choosable, one locality) with `choice_count` candidates per pick.
+    pub fn new(weights: &[f64], choice_count: usize) -> Option<Self> {
+        let sum: f64 = weights.iter().sum();
+        let endpoints = (0..weights.len())
+            .map(|i| {
+                EndpointHandle::new(
+                    &format!("e{i}"),
+                    "127.0.0.1:9",
+                    Arc::default(),
+                    Arc::default(),
+                )
+                .map(Arc::new)
+                .ok()
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self(PickerSnapshot {
+            endpoints,
+            shares: weights.iter().map(|w| w / sum).collect(),
+            scheduler: StrideScheduler::new(weights, 0),
+            why_empty: String::new(),
+            choosable: vec![true; weights.len()],
+            locality: vec![0; weights.len()],
+            choice_count,
+            draws: AtomicU64::new(1),
+            hash: None,
+            static_group: None,
+        }))
+    }
+
+    /// One pick at `now_us`; the index of the endpoint.
+    pub fn pick(&self, now_us: u64) -> usize {
+        self.0
+            .pick(now_us)
+            .and_then(|e| self.0.endpoints.iter().position(|x| Arc::ptr_eq(x, e)))
+            .unwrap_or(usize::MAX)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,6 +435,90 @@ mod tests {
                 "frequency {f} vs weight {w}: {freq:?}"
             );
         }
+    }
+
+    #[test]
+    fn draws_follow_the_weights() {
+        let scheduler = StrideScheduler::new(&[0.6, 0.3, 0.1, 0.0], 1).unwrap();
+        let mut counts = [0usize; 4];
+        for k in 0..100_000u64 {
+            counts[scheduler.draw(k)] += 1;
+        }
+        for (c, w) in counts.iter().zip([0.6, 0.3, 0.1, 0.0]) {
+            let f = *c as f64 / 100_000.0;
+            assert!((f - w).abs() < 0.01, "{counts:?}");
+        }
+    }
+
+    fn snapshot(shares: &[f64], choosable: &[bool], choice_count: usize) -> PickerSnapshot {
+        let endpoints = (0..shares.len())
+            .map(|i| {
+                Arc::new(
+                    EndpointHandle::new(
+                        &format!("e{i}"),
+                        &format!("127.0.0.1:{}", 1 + i),
+                        Arc::default(),
+                        Arc::default(),
+                    )
+                    .unwrap(),
+                )
+            })
+            .collect();
+        PickerSnapshot {
+            endpoints,
+            shares: shares.to_vec(),
+            scheduler: StrideScheduler::new(shares, 3),
+            why_empty: String::new(),
+            choosable: choosable.to_vec(),
+            locality: vec![0; shares.len()],
+            choice_count,
+            draws: AtomicU64::new(11),
+            hash: None,
+            static_group: None,
+        }
+    }
+
+    fn picked(picker: &PickerSnapshot, n: usize) -> Vec<usize> {
+        let mut counts = vec![0; picker.endpoints.len()];
+        for _ in 0..n {
+            let e = picker.pick(1_000).unwrap();
+            let i = picker
+                .endpoints
+                .iter()
+                .position(|x| Arc::ptr_eq(x, e))
+                .unwrap();
+            counts[i] += 1;
+        }
+        counts
+    }
+
+    #[tokio::test]
+    async fn equal_weights_and_queues_are_round_robin_and_a_queue_turns_traffic_away() {
+        let picker = snapshot(&[0.5, 0.5], &[true, true], 2);
+        assert_eq!(picked(&picker, 1000), [500, 500]);
+        // e0 carries 6 of our requests: the alternative (e1, idle) wins every comparison (but the rare
+        // pick whose redraws all named e0 again: 0.5^8).
+        let _held: Vec<_> = (0..6).map(|_| picker.endpoints[0].start(1)).collect();
+        assert!(picked(&picker, 1000)[0] <= 10);
+        // The other clients' queue at e1, from an ORCA report, outweighs our own 6 at e0.
+        picker.endpoints[1].live.on_server_in_flight(20.0, 0, 1_000);
+        assert!(picked(&picker, 1000)[1] <= 10);
+    }
+
+    #[tokio::test]
+    async fn idle_paths_lean_to_the_larger_share_and_pinned_shares_are_exact() {
+        // 80/20 on idle paths: the small one is chosen only when scheduled and drawn against itself.
+        let picker = snapshot(&[0.8, 0.2], &[true, true], 2);
+        let counts = picked(&picker, 10_000);
+        assert!(counts[1] < 500, "{counts:?}");
+        // The same path pinned (a canary, a ramp): exactly its scheduled share, whatever the queues.
+        let picker = snapshot(&[0.8, 0.2], &[true, false], 2);
+        let counts = picked(&picker, 10_000);
+        assert!((counts[1] as i64 - 2_000).abs() <= 2, "{counts:?}");
+        // choice_count 1: the schedule alone.
+        let picker = snapshot(&[0.8, 0.2], &[true, true], 1);
+        let counts = picked(&picker, 10_000);
+        assert!((counts[1] as i64 - 2_000).abs() <= 2, "{counts:?}");
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Backend {
     pub request_ids: Arc<std::sync::Mutex<Vec<String>>>,
     /// The utilization to report, as `f64` bits; NaN: no report.
     orca_bits: Arc<AtomicU64>,
+    /// Accept unary requests and never answer them.
+    blackhole: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Backend {
@@ -31,7 +33,13 @@ impl Backend {
             arrivals: Arc::default(),
             request_ids: Arc::default(),
             orca_bits: Arc::new(AtomicU64::new(f64::NAN.to_bits())),
+            blackhole: Arc::default(),
         }
+    }
+
+    /// From now on, unary requests are accepted and never answered (`true`), or served (`false`).
+    pub fn set_blackhole(&self, on: bool) {
+        self.blackhole.store(on, Ordering::SeqCst);
     }
 
     /// Unary replies report `utilization` (`None`: no report) from now on.
@@ -85,6 +93,9 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>
 impl Echo for Backend {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
         self.arrive(&request);
+        if self.blackhole.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         let r = request.into_inner();
         if r.fail_with != 0 {
             return Err(Status::new(
