@@ -158,9 +158,16 @@ async fn orca_report_rides_on_trailers_and_trailers_only_headers() {
         window.mean_in_flight / 10.0,
         "{report:?}"
     );
+    // Its instantaneous counterpart: the other requests in flight at the answer, over the capacity.
+    let in_flight = report
+        .named_metrics
+        .get("in_flight")
+        .copied()
+        .unwrap_or(0.0);
     assert_eq!(
         report.utilization.get("in_flight"),
-        Some(&report.application_utilization)
+        Some(&((in_flight - 1.0).max(0.0) / 10.0)),
+        "{report:?}"
     );
     assert_eq!(report.cpu_utilization, 0.4);
     // The raw count includes the request the report answers.
