@@ -12,6 +12,7 @@
 //! | `mem_utilization` | not filled (0) |
 //! | `rps` (deprecated) | not filled (0); see `rps_fractional` |
 //! | `request_cost` | not filled (empty) |
+//! | `named_metrics["declared_capacity"]` | the declared capacity in concurrent requests (slots); present only with a declared capacity. With the share a client knows (capacity ∝ slots / service time), it separates a path's service time from its parallelism, which the pick's expected delay needs |
 //! | `utilization["in_flight"]` | the instantaneous counterpart: the *other* requests in flight at the moment of the answer (the answered one left out) / declared capacity; present only with a declared capacity. Lateral's zone preference reads it, since it must react within a window |
 //! | `rps_fractional` | completed requests per second over the window most recently closed by the reporter ([`Recorder::last_rates`]); 0 before the first window closes |
 //! | `eps` | failed requests per second over that window; 0 before the first window closes |
@@ -45,6 +46,9 @@ pub const IN_FLIGHT_METRIC: &str = "in_flight";
 /// The key of `named_metrics["oldest_in_flight_ms"]`: age of the oldest request in flight, in milliseconds.
 pub const OLDEST_IN_FLIGHT_MS_METRIC: &str = "oldest_in_flight_ms";
 
+/// The key `named_metrics["declared_capacity"]` uses: the declared capacity in concurrent requests (slots).
+pub const DECLARED_CAPACITY_METRIC: &str = "declared_capacity";
+
 /// The load report for `recorder` as it is now; see the [module docs](self) for every field.
 pub fn load_report(recorder: &Recorder) -> OrcaLoadReport {
     let rates = recorder.last_rates();
@@ -65,6 +69,9 @@ pub fn load_report(recorder: &Recorder) -> OrcaLoadReport {
         report
             .utilization
             .insert(IN_FLIGHT_METRIC.to_owned(), others);
+        report
+            .named_metrics
+            .insert(DECLARED_CAPACITY_METRIC.to_owned(), f64::from(capacity));
     }
     report
         .named_metrics

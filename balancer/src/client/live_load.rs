@@ -52,6 +52,8 @@ pub(crate) struct LiveLoad {
     latency_us: AtomicU64,
     /// The last answer, or the last idle-to-busy transition, µs since the clock base.
     progress_us: AtomicU64,
+    /// The endpoint's concurrent slots from its ORCA reports (0: unknown).
+    slots: AtomicU32,
 }
 
 impl LiveLoad {
@@ -90,6 +92,20 @@ impl LiveLoad {
         let others = (server_in_flight - own_in_flight as f64).clamp(0.0, f64::from(u32::MAX));
         self.others.store(others as u32, Ordering::Relaxed);
         self.others_at_us.store(now_us.max(1), Ordering::Relaxed);
+    }
+
+    /// The endpoint's declared slots, from an ORCA report.
+    pub(crate) fn on_slots(&self, slots: f64) {
+        if slots.is_finite() && slots >= 1.0 {
+            self.slots
+                .store(slots.min(f64::from(u32::MAX)) as u32, Ordering::Relaxed);
+        }
+    }
+
+    /// The endpoint's slots, 1 when unknown (which makes the expected delay plain SED's).
+    #[inline]
+    pub(crate) fn slots(&self) -> f64 {
+        f64::from(self.slots.load(Ordering::Relaxed).max(1))
     }
 
     /// The queue estimate `own + others · H / (H + age)` (see the module docs).

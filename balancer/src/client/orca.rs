@@ -4,6 +4,8 @@
 //! metadata: base64, padded or not, of the prost-encoded message) tells the client two things:
 //! - `named_metrics["in_flight"]`: the requests in flight at the endpoint when it answered, over every
 //!   client. The pick's queue estimate takes the other clients' part of it ([`super::live_load`]);
+//! - `named_metrics["declared_capacity"]`: the endpoint's concurrent slots, which the pick's expected delay
+//!   uses to tell a path's parallelism from its service time;
 //! - `utilization["in_flight"]` (the agent's instantaneous busy measure), else `application_utilization`
 //!   (windowed), else `cpu_utilization`: how busy the endpoint is, which zone preference ([`super::zones`])
 //!   averages to decide whether a zone can carry its clients. [`OrcaSignal`] keeps it,
@@ -26,6 +28,9 @@ use lateral_proto::orca::ORCA_TRAILER;
 
 /// The name of the in-flight count in `named_metrics`.
 pub const IN_FLIGHT_METRIC: &str = "in_flight";
+
+/// The name of the declared capacity (concurrent slots) in `named_metrics`.
+pub const DECLARED_CAPACITY_METRIC: &str = "declared_capacity";
 
 /// Reports up to this many bytes (decoded) are read without allocating.
 pub const STACK_REPORT_BYTES: usize = 256;
@@ -79,12 +84,14 @@ pub struct OrcaReading {
     pub utilization: Option<f64>,
     /// `named_metrics["in_flight"]`, finite and ≥ 0.
     pub in_flight: Option<f64>,
+    /// `named_metrics["declared_capacity"]` (concurrent slots), finite and ≥ 1.
+    pub slots: Option<f64>,
 }
 
 impl OrcaReading {
     /// Whether the report carried anything the client uses.
     pub fn is_empty(&self) -> bool {
-        self.utilization.is_none() && self.in_flight.is_none()
+        self.utilization.is_none() && self.in_flight.is_none() && self.slots.is_none()
     }
 }
 
@@ -183,9 +190,8 @@ fn usable(v: f64) -> Option<f64> {
     (v.is_finite() && v >= 0.0).then_some(v)
 }
 
-/// Reads one `map<string, double>` entry: `Some(Some(value))` for the key `in_flight`, `Some(None)` for
-/// another key, `None` when malformed.
-fn in_flight_entry(bytes: &[u8]) -> Option<Option<f64>> {
+/// Reads one `map<string, double>` entry as (key, value); `None` when malformed.
+fn map_entry<'a>(bytes: &'a [u8]) -> Option<(&'a [u8], f64)> {
     let mut entry = Wire(bytes);
     let (mut key, mut value) = (&b""[..], 0.0);
     while let Some((f, t)) = entry.key() {
@@ -198,26 +204,31 @@ fn in_flight_entry(bytes: &[u8]) -> Option<Option<f64>> {
     if !entry.0.is_empty() {
         return None;
     }
-    Some((key == IN_FLIGHT_METRIC.as_bytes()).then_some(value))
+    Some((key, value))
 }
 
 /// Reads the used fields from an encoded `OrcaLoadReport`; `None` when it is malformed. The last occurrence
 /// of a field wins, as in protobuf.
 pub fn parse_report(bytes: &[u8]) -> Option<OrcaReading> {
     let mut wire = Wire(bytes);
-    let (mut application, mut cpu, mut in_flight, mut named_utilization) = (0.0, 0.0, None, None);
+    let (mut application, mut cpu) = (0.0, 0.0);
+    let (mut in_flight, mut named_utilization, mut slots) = (None, None, None);
     while let Some((field, wire_type)) = wire.key() {
         match (field, wire_type) {
             (CPU_UTILIZATION, FIXED64) => cpu = wire.double()?,
             (APPLICATION_UTILIZATION, FIXED64) => application = wire.double()?,
             (NAMED_METRICS, LEN) => {
-                if let Some(v) = in_flight_entry(wire.bytes()?)? {
-                    in_flight = usable(v);
+                let (key, value) = map_entry(wire.bytes()?)?;
+                if key == IN_FLIGHT_METRIC.as_bytes() {
+                    in_flight = usable(value);
+                } else if key == DECLARED_CAPACITY_METRIC.as_bytes() {
+                    slots = usable(value).filter(|c| *c >= 1.0);
                 }
             }
             (UTILIZATION, LEN) => {
-                if let Some(v) = in_flight_entry(wire.bytes()?)? {
-                    named_utilization = usable(v);
+                let (key, value) = map_entry(wire.bytes()?)?;
+                if key == IN_FLIGHT_METRIC.as_bytes() {
+                    named_utilization = usable(value);
                 }
             }
             _ => wire.skip(wire_type)?,
@@ -232,6 +243,7 @@ pub fn parse_report(bytes: &[u8]) -> Option<OrcaReading> {
     Some(OrcaReading {
         utilization,
         in_flight,
+        slots,
     })
 }
 
@@ -259,6 +271,9 @@ mod tests {
         };
         report.named_metrics.insert("other".into(), 3.0);
         report.named_metrics.insert(IN_FLIGHT_METRIC.into(), 5.0);
+        report
+            .named_metrics
+            .insert(DECLARED_CAPACITY_METRIC.into(), 6.0);
         let reading = read_report(&headers(&report)).unwrap();
         assert_eq!(reading.utilization, Some(0.7));
         // The instantaneous `utilization["in_flight"]` wins over the windowed figure.
@@ -266,6 +281,7 @@ mod tests {
         let reading = read_report(&headers(&report)).unwrap();
         assert_eq!(reading.utilization, Some(0.25));
         assert_eq!(reading.in_flight, Some(5.0));
+        assert_eq!(reading.slots, Some(6.0));
     }
 
     #[test]
@@ -279,7 +295,8 @@ mod tests {
             reading,
             OrcaReading {
                 utilization: Some(0.4),
-                in_flight: None
+                in_flight: None,
+                slots: None,
             }
         );
         let empty = read_report(&headers(&OrcaLoadReport::default())).unwrap();

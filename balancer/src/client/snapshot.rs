@@ -86,6 +86,9 @@ impl Shared {
             return;
         }
         self.metrics.orca_reports.fetch_add(1, Ordering::Relaxed);
+        if let Some(slots) = reading.slots {
+            endpoint.live.on_slots(slots);
+        }
         if let Some(in_flight) = reading.in_flight {
             endpoint
                 .live
