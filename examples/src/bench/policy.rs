@@ -17,6 +17,8 @@
 //! The Envoy policies start one Envoy per run over the run's fresh backends (see [`super::envoy`]), kept in
 //! [`Clients::envoy`] for as long as the transports; each client instance has its own `Channel` to it.
 //!
+//! `LATERAL_CHOICE_COUNT=N` sets the `choice_count` of Lateral's balancers (default 2) for experiments.
+//!
 //! The tower balancers sit behind `tower::buffer::Buffer` so every clone of the client shares one balancer.
 //! Lateral's `Balancer` (both `lateral` and `static_oracle`) is told `Unary` is idempotent, so it retries an
 //! UNAVAILABLE answer once on another endpoint, as its users would configure it; the other policies have no
