@@ -22,6 +22,7 @@ fn report(i: usize, round: u64) -> LoadReport {
         declared_capacity: Some(8),
         utilization: Some(0.2 + (i % 10) as f64 * 0.05),
         oldest_in_flight: None,
+        mean_in_flight: None,
     }
 }
 

@@ -46,6 +46,7 @@
 //!     latency_mean: Duration::from_millis(mean_ms), latency_p50: Duration::from_millis(mean_ms),
 //!     latency_p99: Duration::from_millis(2 * mean_ms), accepting: true,
 //!     declared_capacity: Some(8), utilization: None, oldest_in_flight: None,
+//!     mean_in_flight: None,
 //! };
 //! for _ in 0..20 {
 //!     now += Duration::from_millis(500);
@@ -135,6 +136,9 @@ pub struct LoadReport {
     /// Age of the oldest request in flight when the heartbeat was taken (`None`: nothing in flight, or an
     /// agent that does not say).
     pub oldest_in_flight: Option<Duration>,
+    /// Requests in flight, averaged over the window (`None`: an agent that does not say). Times the window,
+    /// the request-seconds the backend held; none of them ending in a completion is a stall.
+    pub mean_in_flight: Option<f64>,
 }
 
 /// Which soft bound limited a share.
@@ -1342,6 +1346,7 @@ mod tests {
             declared_capacity: Some(8),
             utilization: None,
             oldest_in_flight: None,
+            mean_in_flight: None,
         }
     }
 
@@ -1391,6 +1396,7 @@ mod tests {
         let bad = LoadReport {
             utilization: Some(f64::NAN),
             oldest_in_flight: None,
+            mean_in_flight: None,
             ..report(40, 10)
         };
         assert!(e.on_heartbeat(t0, "a", bad).is_err());

@@ -79,6 +79,7 @@ fn report() -> impl Strategy<Value = LoadReport> {
                     // Sometimes a stalled path (nothing completed, an old request outstanding).
                     oldest_in_flight: (in_flight > 0)
                         .then(|| Duration::from_micros(mean_us.saturating_mul(p99x * 8))),
+                    mean_in_flight: None,
                 }
             },
         )
@@ -239,6 +240,7 @@ proptest! {
                     declared_capacity: None,
                     utilization: None,
                     oldest_in_flight: None,
+                    mean_in_flight: None,
                 };
                 engine.on_heartbeat(now, &format!("e{i}"), r).expect("valid report");
             }

@@ -28,6 +28,7 @@ fn hb(rps: u64, mean_ms: u64) -> LoadReport {
         declared_capacity: Some(8),
         utilization: None,
         oldest_in_flight: None,
+        mean_in_flight: None,
     }
 }
 
@@ -432,6 +433,7 @@ fn a_path_that_completes_nothing_gets_zero_with_a_record_and_ramps_back_when_it_
             in_flight: 12 * k as u32,
             completed: 0,
             oldest_in_flight: Some(Duration::from_millis(500 * k - 100)),
+            mean_in_flight: None,
             ..hb(0, 15)
         };
         e.on_heartbeat(now, "b", stuck).unwrap();

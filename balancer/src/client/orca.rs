@@ -191,7 +191,7 @@ fn usable(v: f64) -> Option<f64> {
 }
 
 /// Reads one `map<string, double>` entry as (key, value); `None` when malformed.
-fn map_entry<'a>(bytes: &'a [u8]) -> Option<(&'a [u8], f64)> {
+fn map_entry(bytes: &[u8]) -> Option<(&[u8], f64)> {
     let mut entry = Wire(bytes);
     let (mut key, mut value) = (&b""[..], 0.0);
     while let Some((f, t)) = entry.key() {

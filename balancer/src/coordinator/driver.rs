@@ -255,6 +255,7 @@ impl Driver {
                     utilization: hb.utilization,
                     oldest_in_flight: (hb.oldest_in_flight_us > 0)
                         .then(|| Duration::from_micros(hb.oldest_in_flight_us)),
+                    mean_in_flight: hb.mean_in_flight.is_finite().then_some(hb.mean_in_flight),
                 };
                 // One heartbeat in N becomes a span (the rest would drown a trace backend).
                 let every = self

@@ -3,7 +3,8 @@
 //! Heartbeats prove the agent is alive, not that the backend answers: a blackholed backend (accepting
 //! connections and requests, never answering) keeps a perfectly fresh heartbeat stream, and the floor would
 //! keep feeding it. Its heartbeats do say so, though: requests in flight, none completed in the window, and
-//! the oldest of them older than any answer the endpoint has given lately. [`stall`] reads exactly that from
+//! the oldest of them older than any answer the endpoint has given lately — or, once the clients have given up on
+//! those requests, a window that held more request-seconds than the bound and completed none. [`stall`] reads exactly that from
 //! one report, against a bound derived from the endpoint's own recent latency, so a slow path that still
 //! completes requests (however slowly) is never taken for a stalled one.
 
@@ -15,7 +16,7 @@ use super::config::EngineConfig;
 /// Why `report` shows a stalled path, or `None`. `recent_mean` is the endpoint's mean latency over its
 /// window before this report (zero when unknown: the bound is then `min_stall`).
 pub fn stall(report: &LoadReport, recent_mean: Duration, cfg: &EngineConfig) -> Option<String> {
-    if cfg.stall_latency_multiple <= 0.0 || report.in_flight == 0 || report.completed > 0 {
+    if cfg.stall_latency_multiple <= 0.0 || report.completed > 0 {
         return None;
     }
     let oldest = report.oldest_in_flight?;
@@ -53,6 +54,7 @@ mod tests {
             declared_capacity: Some(6),
             utilization: None,
             oldest_in_flight: oldest_ms.map(Duration::from_millis),
+            mean_in_flight: None,
         }
     }
 

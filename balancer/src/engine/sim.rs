@@ -217,6 +217,7 @@ impl Backend {
             declared_capacity: self.spec.declare_slots.then_some(self.spec.slots),
             utilization: self.spec.report_utilization.then_some(util),
             oldest_in_flight: None,
+            mean_in_flight: None,
         };
         self.completed = 0;
         self.failed = 0;
