@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -394,12 +394,10 @@ impl Builder {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_rng(&mut rand::rng()),
         };
-        let total_in_flight = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Shared {
             service: self.service.clone(),
             picker: ArcSwap::from_pointee(PickerSnapshot::empty()),
             metrics: Arc::new(ClientMetrics::new(&self.service)),
-            total_in_flight,
             zones_on: routing.zone.is_some(),
             orca_dirty: AtomicBool::new(false),
             orca_notify: Notify::new(),

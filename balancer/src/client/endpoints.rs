@@ -35,7 +35,6 @@ pub(crate) struct EndpointHandle {
     address: String,
     channel: Channel,
     in_flight: AtomicUsize,
-    total_in_flight: Arc<AtomicUsize>,
     picks: Arc<AtomicU64>,
     pub(crate) orca: OrcaSignal,
     /// The live queue estimate and liveness from completions.
@@ -46,12 +45,7 @@ pub(crate) struct EndpointHandle {
 
 impl EndpointHandle {
     /// Creates the handle and its lazily-connected channel (nothing is dialed until the first request).
-    pub(crate) fn new(
-        id: &str,
-        address: &str,
-        total_in_flight: Arc<AtomicUsize>,
-        picks: Arc<AtomicU64>,
-    ) -> Result<Self, Error> {
+    pub(crate) fn new(id: &str, address: &str, picks: Arc<AtomicU64>) -> Result<Self, Error> {
         let uri = normalize_address(address);
         let endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| Error::Config {
             source_name: "endpoint list".into(),
@@ -64,7 +58,6 @@ impl EndpointHandle {
             address: uri,
             channel,
             in_flight: AtomicUsize::new(0),
-            total_in_flight,
             picks,
             orca: OrcaSignal::default(),
             live: LiveLoad::default(),
@@ -104,7 +97,6 @@ impl EndpointHandle {
         if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
             self.live.on_busy(now_us);
         }
-        self.total_in_flight.fetch_add(1, Ordering::Relaxed);
         InFlightGuard {
             endpoint: Arc::clone(self),
         }
@@ -127,9 +119,6 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.endpoint
-            .total_in_flight
-            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 

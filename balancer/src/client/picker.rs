@@ -260,13 +260,15 @@ impl PickerSnapshot {
     pub(crate) fn pick(&self, now_us: u64) -> Option<&Arc<EndpointHandle>> {
         let scheduler = self.scheduler.as_ref()?;
         let mut first = scheduler.pick();
+        let mut first_usable = self.usable(first, now_us);
         for _ in 1..MAX_PROBES {
-            if self.usable(first, now_us) {
+            if first_usable {
                 break;
             }
             first = scheduler.pick();
+            first_usable = self.usable(first, now_us);
         }
-        if self.choice_count < 2 || !self.choosable[first] || !self.usable(first, now_us) {
+        if self.choice_count < 2 || !self.choosable[first] || !first_usable {
             return self.endpoints.get(first);
         }
         let (mut best, mut best_delay) = (first, self.expected_delay(first, now_us));
@@ -378,14 +380,9 @@ impl PickBench {
         let sum: f64 = weights.iter().sum();
         let endpoints = (0..weights.len())
             .map(|i| {
-                EndpointHandle::new(
-                    &format!("e{i}"),
-                    "127.0.0.1:9",
-                    Arc::default(),
-                    Arc::default(),
-                )
-                .map(Arc::new)
-                .ok()
+                EndpointHandle::new(&format!("e{i}"), "127.0.0.1:9", Arc::default())
+                    .map(Arc::new)
+                    .ok()
             })
             .collect::<Option<Vec<_>>>()?;
         Some(Self(PickerSnapshot {
@@ -463,7 +460,6 @@ mod tests {
                     EndpointHandle::new(
                         &format!("e{i}"),
                         &format!("127.0.0.1:{}", 1 + i),
-                        Arc::default(),
                         Arc::default(),
                     )
                     .unwrap(),

@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -55,7 +55,6 @@ pub(crate) struct Shared {
     pub(crate) service: String,
     pub(crate) picker: ArcSwap<PickerSnapshot>,
     pub(crate) metrics: Arc<ClientMetrics>,
-    pub(crate) total_in_flight: Arc<AtomicUsize>,
     /// Whether zone preference is on (the only reader of ORCA utilization, through a rebuilt picker).
     pub(crate) zones_on: bool,
     /// Set by a response carrying an ORCA utilization while zones are on; the policy task republishes soon
@@ -181,7 +180,6 @@ impl Policy {
             let handle = EndpointHandle::new(
                 &config.id,
                 &config.address,
-                Arc::clone(&shared.total_in_flight),
                 shared.metrics.picks_counter(&config.id),
             )?;
             entries.push(Entry {
@@ -269,7 +267,6 @@ impl Policy {
                     match EndpointHandle::new(
                         &ew.id,
                         &ew.address,
-                        Arc::clone(&self.shared.total_in_flight),
                         self.shared.metrics.picks_counter(&ew.id),
                     ) {
                         Ok(h) => {
