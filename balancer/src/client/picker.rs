@@ -254,32 +254,40 @@ impl PickerSnapshot {
         (q + 1.0).max(endpoint.live.slots()) / self.shares[i].max(f64::MIN_POSITIVE)
     }
 
+    /// The scheduler's next usable endpoint, passing over unusable ones within [`MAX_PROBES`] looks, and
+    /// whether it is usable (the last one looked at is returned when none is).
+    #[inline]
+    fn scheduled_usable(&self, scheduler: &StrideScheduler, now_us: u64) -> (usize, bool) {
+        let mut index = scheduler.pick();
+        for _ in 1..MAX_PROBES {
+            if self.usable(index, now_us) {
+                return (index, true);
+            }
+            index = scheduler.pick();
+        }
+        (index, self.usable(index, now_us))
+    }
+
     /// Picks an endpoint (see the module docs), or `None` when every endpoint is excluded. `now_us` is the
     /// caller's clock reading (µs since the balancer's clock base).
     #[inline]
     pub(crate) fn pick(&self, now_us: u64) -> Option<&Arc<EndpointHandle>> {
         let scheduler = self.scheduler.as_ref()?;
-        let mut first = scheduler.pick();
-        let mut first_usable = self.usable(first, now_us);
-        for _ in 1..MAX_PROBES {
-            if first_usable {
-                break;
-            }
-            first = scheduler.pick();
-            first_usable = self.usable(first, now_us);
-        }
+        let (first, first_usable) = self.scheduled_usable(scheduler, now_us);
         if self.choice_count < 2 || !self.choosable[first] || !first_usable {
             return self.endpoints.get(first);
         }
         let (mut best, mut best_delay) = (first, self.expected_delay(first, now_us));
         for _ in 1..self.choice_count {
-            // An alternative is drawn by weight among the *other* endpoints (a few redraws): drawing the
-            // scheduled one again wastes the choice, and with one dominant weight that would be most draws,
-            // just when the dominant path has the queue.
+            // An alternative is drawn by weight among the *other* endpoints of the scheduled one's locality
+            // (a few redraws): drawing the scheduled one again wastes the choice, and with one dominant
+            // weight that would be most draws, just when the dominant path has the queue; drawing one in
+            // another zone wastes it too (it may not be chosen), and while spilling that is half the draws,
+            // just when the local zone is short of capacity.
             let mut candidate = first;
             for _ in 0..MAX_REDRAWS {
                 candidate = scheduler.draw(self.draws.fetch_add(1, Ordering::Relaxed));
-                if candidate != first {
+                if candidate != first && self.locality[candidate] == self.locality[first] {
                     break;
                 }
             }
@@ -312,8 +320,8 @@ impl PickerSnapshot {
             if let (Some(key), Some(table)) = (key, &route.hash) {
                 return self.endpoints.get(table.lookup(key));
             }
-            let scheduler = route.scheduler.as_ref()?;
-            return self.endpoints.get(scheduler.pick());
+            let (index, _) = self.scheduled_usable(route.scheduler.as_ref()?, now_us);
+            return self.endpoints.get(index);
         }
         if let (Some(key), Some(table)) = (key, &self.hash) {
             return self.endpoints.get(table.lookup(key));
@@ -521,6 +529,38 @@ mod tests {
         let picker = snapshot(&[0.8, 0.2], &[true, true], 1);
         let counts = picked(&picker, 10_000);
         assert!((counts[1] as i64 - 2_000).abs() <= 2, "{counts:?}");
+    }
+
+    #[tokio::test]
+    async fn while_spilling_the_alternative_is_drawn_in_the_scheduled_ones_zone() {
+        // Two local endpoints with a tenth of the weight each, a remote one with the rest (a spill). e0 has
+        // a queue: when the schedule names it, the alternative must be e1 (its zone), not the remote e2 that
+        // most draws name and that may not be chosen.
+        let mut picker = snapshot(&[0.1, 0.1, 0.8], &[true, true, true], 2);
+        picker.locality = vec![1, 1, 0];
+        let _held: Vec<_> = (0..6).map(|_| picker.endpoints[0].start(1)).collect();
+        let counts = picked(&picker, 10_000);
+        // e0 is scheduled 1 000 times; it keeps only the picks whose 8 redraws all missed e1 (0.9^8 ≈ 43%
+        // of them would have been every pick when a remote draw wasted the choice).
+        assert!(counts[0] < 600, "{counts:?}");
+        assert!(counts[1] > 1_400, "{counts:?}");
+        // The remote endpoint gets exactly its schedule: a local one is never chosen over it, nor it over them.
+        assert!((counts[2] as i64 - 8_000).abs() <= 2, "{counts:?}");
+    }
+
+    #[tokio::test]
+    async fn the_static_group_passes_over_an_endpoint_set_aside_locally() {
+        let mut picker = snapshot(&[0.5, 0.5], &[true, true], 2);
+        picker.static_group = Some(StaticRoute {
+            scheduler: StrideScheduler::new(&[0.5, 0.5], 5),
+            hash: None,
+        });
+        assert!(picker.endpoints[0].local_ejection.on_stalled().is_some());
+        assert!(picker.endpoints[0].local_ejection.is_ejected());
+        for _ in 0..1_000 {
+            let e = picker.pick_for(None, Group::Static, 1_000).unwrap();
+            assert!(Arc::ptr_eq(e, &picker.endpoints[1]));
+        }
     }
 
     #[test]

@@ -11,12 +11,13 @@
 //!   up or down follow the dynamic weights, so both groups see the same mix of traffic over time. Retries
 //!   stay in their request's group.
 //! - **Dynamic group**: exactly what the balancer does without a split (coordinator weights, ORCA, the
-//!   in-flight refinement, key hashing on the dynamic table).
+//!   per-request choice by live queue, key hashing on the dynamic table).
 //! - **Static group**: the weights given to [`Builder::static_weights`](super::Builder::static_weights)
 //!   (equal weights when none; an endpoint the coordinator added gets the mean configured weight), over the
 //!   same membership and with the same exclusions (EJECTED, TRIPPED and DRAINING endpoints get nothing in
-//!   either group: health is not what is being compared), with no ORCA and no in-flight refinement: the
-//!   weighted round robin a team ran before Lateral.
+//!   either group: health is not what is being compared; endpoints the client set aside as unreachable or
+//!   stalled are passed over in both), with no ORCA and no per-request choice: the weighted round robin a
+//!   team ran before Lateral, the control the dynamic group is compared with.
 //! - **Metrics** ([`ClientMetrics::group`](super::ClientMetrics::group) and `render_prometheus()`):
 //!   `lateral_client_group_requests_total{group}`, `lateral_client_group_errors_total{group}` (a grpc-status
 //!   other than OK, a transport error, or a response body that ended without a status) and
