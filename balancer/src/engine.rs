@@ -220,6 +220,9 @@ fn direction(old: f64, new: f64) -> &'static str {
     }
 }
 
+/// The smallest smoothing step the headroom rule's stability bound leaves (at ρ ≥ 95% busy).
+const MIN_STABLE_STEP: f64 = 0.05;
+
 impl Engine {
     /// An engine with no endpoint, after validating every field of `config`.
     pub fn new(config: EngineConfig) -> Result<Engine, ConfigError> {
@@ -1005,6 +1008,19 @@ impl Engine {
             ),
             Mode::Latency => capacity::proportional(&self.scratch_caps, &mut calc[..m]),
         }
+        // The headroom rule's loop gain: with the planned load `s_i·T`, a share error `e` comes back as
+        // `−e·ρ/(1 − ρ)` (ρ = T / Σcap), so a smoothing step α settles as `1 − α/(1 − ρ)`: at 70% busy the
+        // default 0.3 lands in one step, near 90% it overshoots and rings (and a capacity estimate's noise is
+        // amplified by 1/(1 − ρ)). A step of at most (1 − ρ) never overshoots: at exactly (1 − ρ) it lands on
+        // the capacity share `cap_i / Σcap`, the rule's fixed point.
+        let total_cap: f64 = self.scratch_caps.iter().sum();
+        let (busy, cap_sum) = match cfg.mode {
+            Mode::Throughput if total_cap > 0.0 && total_load > 0.0 => {
+                ((total_load / total_cap).min(1.0), total_cap)
+            }
+            _ => (0.0, total_cap),
+        };
+        let stable_step = (1.0 - busy).max(MIN_STABLE_STEP);
         let floor = cfg.floor;
         let active_count = self
             .endpoints
@@ -1073,12 +1089,20 @@ impl Engine {
                         && stepped
                         && c < old
                         && old * total_load > self.scratch_caps[k];
-                    let a = if overloaded {
-                        overload_alpha
+                    if overloaded {
+                        // Shed at once, to its capacity share: its headroom share (0 when planned past its
+                        // capacity) is where the rule would take it only to swing back on the next tick.
+                        let target = if cap_sum > 0.0 {
+                            self.scratch_caps[k] / cap_sum
+                        } else {
+                            c
+                        };
+                        smoothing::smooth(old, target.min(old), overload_alpha)
                     } else {
-                        smoothing::settled_alpha(alpha, c - old, cfg.settle_band)
-                    };
-                    smoothing::smooth(old, c, a)
+                        let a = smoothing::settled_alpha(alpha, c - old, cfg.settle_band)
+                            .min(stable_step);
+                        smoothing::smooth(old, c, a)
+                    }
                 }
             };
             self.scratch_w[i] = w;

@@ -187,6 +187,37 @@ fn sudden_five_fold_latency_spike() {
 }
 
 #[test]
+fn near_saturation_the_remaining_paths_share_without_swinging() {
+    // With `a` 5× slower, b and c run ~90% busy: the headroom rule's loop gain is ρ/(1 − ρ) ≈ 5 there, and
+    // an unbounded smoothing step swung them between 18% and 77% every tick (oscillation alarms).
+    for seed in [7, 8, 9] {
+        let sc = run_seeded("bench-spike", seed);
+        // While `a` is slow (7–13 s) and from a second after the step, b and c stay within 5 points of
+        // their capacity share (10/22 each).
+        let worst = sc
+            .sim
+            .trace()
+            .iter()
+            .filter(|r| r.t_s >= sc.change_at_s + 1.0 && r.t_s < 13.0)
+            .flat_map(|r| [1, 2].map(|i| (r.weights[i] - r.ideal[i]).abs()))
+            .fold(0.0, f64::max);
+        println!(
+            "bench-spike seed {seed}: b and c at most {:.1} points off",
+            worst * 100.0
+        );
+        assert!(worst <= 0.05, "seed {seed}: {worst}");
+        assert!(
+            !sc.sim
+                .alerts()
+                .iter()
+                .any(|a| a.kind == AlertKind::Oscillation),
+            "seed {seed}: {:?}",
+            sc.sim.alerts()
+        );
+    }
+}
+
+#[test]
 fn path_that_stops_reporting_degrades_ejects_and_ramps_back() {
     let sc = run("silent");
     let b = 1;

@@ -5,6 +5,9 @@
 //! total load (with `load_i = share_i × T`, every headroom is `cap_i·(1 − T/Σcap)`), so a 4:1 asymmetry settles
 //! at 80/20. The load used is the **planned** load, `share_i × T` with `T` the measured total throughput: an
 //! endpoint's own windowed throughput lags the table by up to a window (4 s) and makes the loop ring.
+//! Around that fixed point a share error `e` comes back as `−e·ρ/(1 − ρ)` (ρ = T / Σcap): near saturation
+//! the rule over-corrects and amplifies estimate noise, so the engine holds its smoothing step to `1 − ρ`,
+//! the step that lands on the fixed point (see `Engine::dynamic_weights`).
 //!
 //! Where an estimate comes from, best first:
 //! 1. **Utilization** reported (ORCA-style, as gRPC WRR does with `qps / utilization`): capacity =

@@ -56,7 +56,9 @@ pub struct EngineConfig {
     /// Errors cost weight: effective capacity = goodput capacity × max(0, 1 − error_penalty × error_rate)
     /// (named after gRPC WRR's `error_utilization_penalty`). Default 2.0.
     pub error_penalty: f64,
-    /// Smoothing factor in `new = α·calculated + (1−α)·old`, in (0, 1]. Default 0.3.
+    /// Smoothing factor in `new = α·calculated + (1−α)·old`, in (0, 1]. Default 0.3. In throughput mode the
+    /// step is also held to `1 − ρ` (ρ = measured load / estimated capacity, at least 0.05): the headroom
+    /// rule's loop gain is ρ/(1 − ρ), so a larger step overshoots and rings near saturation.
     pub alpha: f64,
     /// Minimum share of every live endpoint; must be below 1/2 (it is lowered to 1/n at run time when n
     /// endpoints cannot all get it). Default 0.05.
@@ -116,7 +118,8 @@ pub struct EngineConfig {
     /// planned load is now past its estimated capacity and whose share must fall: fast down, slow up.
     /// Smoothing exists to stop oscillation between paths with close metrics; a path that just became slower
     /// builds a queue every tick it keeps its share, so for two seconds after the step it sheds load at this
-    /// rate. Default 0.7.
+    /// rate, toward its capacity share (not its headroom share, which is 0 for a path planned past its
+    /// capacity). Default 0.7.
     pub overload_alpha: f64,
     /// Gap (calculated − current share) below which smoothing slows in proportion, down to α/4, so that
     /// estimate noise does not walk a converged weight around; 0 disables. Default 0.05.

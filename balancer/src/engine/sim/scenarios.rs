@@ -23,9 +23,10 @@ pub struct Scenario {
 }
 
 /// Every scenario name.
-pub const NAMES: [&str; 10] = [
+pub const NAMES: [&str; 11] = [
     "steady",
     "bench-start",
+    "bench-spike",
     "steady-declared",
     "spike",
     "silent",
@@ -72,6 +73,30 @@ pub fn build(name: &str, start: Instant, seed: u64) -> Option<Result<Scenario, C
                     sim,
                     change_at_s: 1.0,
                     duration: s(16),
+                }
+            })
+        }
+        "bench-spike" => {
+            // The bench's spike: three equal paths (6 slots × 15 ms, exponential) at 60% of their 1 200 req/s,
+            // heartbeats for a second before traffic; `a` is 5× slower from 6 s to 12 s, which leaves the
+            // other two near 90% busy: the regime where a headroom share is most sensitive to its inputs.
+            let backends = ["a", "b", "c"]
+                .map(|id| {
+                    let mut b = SimBackend::new(id, 6, ms(15));
+                    b.exponential = true;
+                    b
+                })
+                .to_vec();
+            Sim::new(start, cfg, 0.0, backends, seed).map(|mut sim| {
+                sim.at(s(1), SimEvent::ArrivalRate(720.0));
+                sim.at(s(7), SimEvent::ServiceTimeFactor("a".into(), 5.0));
+                sim.at(s(13), SimEvent::ServiceTimeFactor("a".into(), 0.2));
+                Scenario {
+                    name: "bench-spike",
+                    description: "the bench's spike: three equal paths at 60%, `a` 5× slower from 6 s to 12 s of traffic (b and c then ~90% busy)",
+                    sim,
+                    change_at_s: 7.0,
+                    duration: s(19),
                 }
             })
         }
