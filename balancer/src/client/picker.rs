@@ -237,12 +237,13 @@ impl PickerSnapshot {
         }
     }
 
-    /// Whether endpoint `i` can take a request now: not set aside locally, not stalled.
+    /// Whether endpoint `i` can take a request now: not set aside locally (nor on probation with one of
+    /// ours outstanding), not stalled.
     #[inline]
     fn usable(&self, i: usize, now_us: u64) -> bool {
         let endpoint = &self.endpoints[i];
-        !endpoint.local_ejection.is_ejected()
-            && !endpoint.live.is_stalled(endpoint.in_flight(), now_us)
+        let in_flight = endpoint.in_flight();
+        endpoint.local_ejection.admits(in_flight) && !endpoint.live.is_stalled(in_flight, now_us)
     }
 
     /// The expected latency of a new request on endpoint `i`, up to a common factor:
