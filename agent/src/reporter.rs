@@ -186,6 +186,10 @@ struct Shared {
     shutdown: CancellationToken,
     subscribers: AtomicUsize,
     sequence: AtomicU64,
+    /// Heartbeat frames handed to a subscriber's stream (one per heartbeat per subscriber).
+    written: AtomicU64,
+    /// Heartbeats a lagging subscriber skipped (the broadcast queue overflowed for it).
+    skipped: AtomicU64,
     hello: Bytes,
     opts: ReporterOptions,
 }
@@ -201,6 +205,8 @@ impl Shared {
             shutdown: CancellationToken::new(),
             subscribers: AtomicUsize::new(0),
             sequence: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
             hello,
             opts,
         }))
@@ -240,6 +246,17 @@ impl ReporterHandle {
     /// Heartbeats measured so far (the last sequence number sent).
     pub fn heartbeats_sent(&self) -> u64 {
         self.shared.sequence.load(Ordering::Relaxed)
+    }
+
+    /// Heartbeat frames written to subscribers' streams so far (summed over subscribers; a write is counted
+    /// once quinn accepted it).
+    pub fn heartbeats_written(&self) -> u64 {
+        self.shared.written.load(Ordering::Relaxed)
+    }
+
+    /// Heartbeats skipped for a subscriber that lagged behind (summed over subscribers).
+    pub fn heartbeats_skipped(&self) -> u64 {
+        self.shared.skipped.load(Ordering::Relaxed)
     }
 
     /// Sends `Goodbye { reason, drain_grace_ms: grace }` on every stream and finishes them; heartbeats stop

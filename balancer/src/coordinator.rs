@@ -316,14 +316,10 @@ fn quic_client_config(config: &CoordinatorConfig) -> Result<(quinn::ClientConfig
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_config)
         .map_err(|e| Error::Transport(format!("TLS for QUIC: {e}")))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    let interval = config.engine.heartbeat_interval;
-    transport.keep_alive_interval(Some(interval * 2));
-    transport.max_idle_timeout(quinn::IdleTimeout::try_from(interval * 20).ok());
-    // The coordinator opens no streams; the agent opens one.
-    transport.max_concurrent_bidi_streams(0u32.into());
-    transport.max_concurrent_uni_streams(1u32.into());
-    client.transport_config(Arc::new(transport));
+    // Lean: sized for one small uni stream per agent (see `ingest::transport_config`).
+    client.transport_config(Arc::new(ingest::transport_config(
+        config.engine.heartbeat_interval,
+    )));
     let server_name = config
         .tls
         .server_name

@@ -5,3 +5,4 @@
 pub mod backend;
 pub mod bench;
 pub mod echo_service;
+pub mod ingest_agents;

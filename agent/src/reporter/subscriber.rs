@@ -137,8 +137,10 @@ async fn stream(shared: &Shared, conn: &quinn::Connection) -> End {
                     if let Err(end) = write(&mut send, frame, timeout).await {
                         return end;
                     }
+                    shared.written.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(RecvError::Lagged(skipped)) => {
+                    shared.skipped.fetch_add(skipped, Ordering::Relaxed);
                     tracing::warn!(
                         peer = %conn.remote_address(),
                         skipped,

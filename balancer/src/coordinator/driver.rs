@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use lateral_proto::coordinator::{self as pb, WeightSnapshot};
@@ -238,6 +239,10 @@ impl Driver {
 
     fn handle_event(&mut self, event: IngestEvent) {
         let Some(service) = self.services.get_mut(&*event.service) else {
+            // The service was removed while its heartbeat waited in the queue: counted, not silent.
+            if matches!(event.kind, IngestKind::Heartbeat(_)) {
+                self.ingest.stats.discarded.fetch_add(1, Ordering::Relaxed);
+            }
             return;
         };
         match event.kind {
@@ -288,6 +293,7 @@ impl Driver {
                         &metered,
                     ),
                     Err(rejection) => {
+                        self.ingest.stats.discarded.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(service = %service.name, endpoint = %event.endpoint, %rejection, "heartbeat rejected");
                     }
                 }

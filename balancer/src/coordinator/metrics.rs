@@ -568,6 +568,11 @@ impl CoordinatorMetrics {
                 &ingest.dropped,
             ),
             (
+                "lateral_coordinator_ingest_discarded_total",
+                "Heartbeats queued but then discarded by the driver (service gone, or refused by the engine).",
+                &ingest.discarded,
+            ),
+            (
                 "lateral_coordinator_ingest_rejected_total",
                 "Frames or streams rejected (bad frame, wrong endpoint id, protocol order).",
                 &ingest.rejected,
