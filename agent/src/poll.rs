@@ -97,6 +97,12 @@ fn millis(ms: f64) -> Duration {
     Duration::from_secs_f64(ms.min(MAX_LATENCY_MS) / 1000.0)
 }
 
+/// Parses a load endpoint's body as the poller does; `pub` (hidden) only so the fuzz target feeds this parser.
+#[doc(hidden)]
+pub fn parse_body(body: &[u8]) -> Result<LoadReport, String> {
+    serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))
+}
+
 /// Turns a [`LoadReport`] into a [`Measurement`] over `window`; `previous` is the last successfully read
 /// report (for the cumulative `completed` counter). Pure; see the mapping table in the [module docs](self).
 pub fn normalise(
@@ -344,7 +350,7 @@ impl Poller {
                 }
             })?
             .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| format!("malformed JSON: {e}"))
+        parse_body(&body)
     }
 
     /// Polls every [`PollOptions::interval`] forever (tokio time; a late poll delays the next one rather than
