@@ -35,6 +35,8 @@ pub use config::CoordinatorConfig;
 pub use decision_log::DecisionLog;
 pub use driver::WeightsReceiver;
 pub use embedded::{EmbeddedGuard, spawn_embedded};
+#[doc(hidden)]
+pub use etcd::fuzz_membership;
 pub use ingest::IngestStats;
 pub use metrics::CoordinatorMetrics;
 pub use service::CoordinatorService;

@@ -309,6 +309,24 @@ impl Members {
     }
 }
 
+/// Exists for fuzzing: the set a session keeps after the listing `kvs` under `prefix`, then after each watch
+/// event with what [`Members::apply`] said (whether the set may have changed).
+#[doc(hidden)]
+pub fn fuzz_membership(
+    prefix: &[u8],
+    kvs: Vec<(Vec<u8>, Vec<u8>)>,
+    events: Vec<mvccpb::Event>,
+) -> (Vec<EndpointConfig>, Vec<(bool, Vec<EndpointConfig>)>) {
+    let mut members = Members::new(prefix.to_vec());
+    members.replace_all(kvs.into_iter().take(MAX_ENDPOINTS));
+    let listed = members.endpoints();
+    let after = events
+        .into_iter()
+        .map(|event| (members.apply(event), members.endpoints()))
+        .collect();
+    (listed, after)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
