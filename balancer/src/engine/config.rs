@@ -317,7 +317,18 @@ impl EngineConfig {
             });
         }
         fraction("degraded_decay", self.degraded_decay, false, 1.0)?;
-        let degraded_at = self.heartbeat_interval * self.degraded_after_missed;
+        let Some(degraded_at) = self
+            .heartbeat_interval
+            .checked_mul(self.degraded_after_missed)
+        else {
+            return Err(ConfigError {
+                field: "degraded_after_missed",
+                expected: format!(
+                    "a count whose product with heartbeat_interval ({:?}) fits in a duration, found {}",
+                    self.heartbeat_interval, self.degraded_after_missed
+                ),
+            });
+        };
         if self.eject_after <= degraded_at {
             return Err(ConfigError {
                 field: "eject_after",
@@ -493,6 +504,17 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("floor"));
+    }
+
+    /// Found by the `coordinator_config` fuzz target: `degraded_after_missed × heartbeat_interval` overflowed
+    /// `Duration` and `validate` panicked instead of naming the field.
+    #[test]
+    fn an_overflowing_degraded_at_is_an_error() {
+        let c: EngineConfig = serde_json::from_str(
+            r#"{"heartbeat_interval": "5000000000h", "degraded_after_missed": 4294967295}"#,
+        )
+        .unwrap();
+        assert_eq!(c.validate().unwrap_err().field, "degraded_after_missed");
     }
 
     #[test]
