@@ -171,6 +171,31 @@ async fn no_snapshot_for_two_intervals_locks_the_weights_and_warns_once() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_absurd_heartbeat_interval_is_bounded_not_a_panic() {
+    // Found by the weight_snapshot fuzz target: `now + 2 × heartbeat_interval` overflowed an Instant and
+    // killed the policy task, so the client never took another snapshot.
+    let addr = "127.0.0.1:9".parse().unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let balancer = Balancer::builder("echo").weights_feed(rx).build().unwrap();
+    let mut absurd = snapshot("echo", 1, 500, vec![ew("a", addr, 1.0, Active)]);
+    absurd.heartbeat_interval = Some(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    });
+    tx.send_replace(Some(Arc::new(absurd)));
+    until(|| balancer.metrics().snapshot_version() == 1).await;
+    // The policy task is alive: it takes the next snapshot, and judges staleness on the bounded interval.
+    tx.send_replace(Some(Arc::new(snapshot(
+        "echo",
+        2,
+        500,
+        vec![ew("a", addr, 0.5, Active), ew("b", addr, 0.5, Active)],
+    ))));
+    until(|| balancer.metrics().snapshot_version() == 2).await;
+    assert_eq!(balancer.current_weights().len(), 2);
+}
+
 #[tokio::test]
 async fn unreachable_coordinator_means_static_weights_at_once() {
     let (a, b) = (Backend::new("a"), Backend::new("b"));

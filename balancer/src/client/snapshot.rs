@@ -48,6 +48,8 @@ pub type WeightsFeed = watch::Receiver<Option<Arc<WeightSnapshot>>>;
 
 /// The heartbeat interval assumed when a snapshot does not carry one.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
+/// The longest `heartbeat_interval` a snapshot is taken at its word for (staleness after twice this).
+const MAX_HEARTBEAT: Duration = Duration::from_secs(60);
 
 /// What the pick path and the policy task share.
 #[derive(Debug)]
@@ -232,7 +234,11 @@ impl Policy {
             .and_then(|d| Duration::try_from(d).ok())
             .filter(|d| !d.is_zero())
             .unwrap_or(DEFAULT_HEARTBEAT);
-        self.stale_deadline = Some(now + 2 * heartbeat);
+        if heartbeat > MAX_HEARTBEAT {
+            tracing::warn!(%service, ?heartbeat, max = ?MAX_HEARTBEAT, "a weight snapshot's heartbeat_interval is implausibly long; staleness is judged on the maximum");
+        }
+        // Bounded, so that a coordinator that sends nonsense cannot overflow the deadline (it panicked).
+        self.stale_deadline = Some(now + 2 * heartbeat.min(MAX_HEARTBEAT));
         if self.shared.metrics.stale.swap(false, Ordering::Relaxed) {
             tracing::info!(%service, version = snapshot.version, "weight snapshots resumed; weights fresh again");
         }
