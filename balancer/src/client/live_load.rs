@@ -18,12 +18,6 @@
 //!   within [`MIN_STALL`]..[`MAX_STALL`] — completes nothing: it is *stalled* (a blackhole: it accepts
 //!   connections and requests and never answers). Heartbeats cannot tell, since its agent keeps sending them.
 //!
-//! - **Cold.** An endpoint this client has left idle for [`COLD_AFTER`] is taken when the schedule names it:
-//!   the choice would otherwise starve a path that was slow and is fast again (a share that was cut while it
-//!   was slow keeps it losing every comparison, and with no traffic neither this client nor the coordinator
-//!   learns that it recovered). That is at most a few requests a second per client; a path still slow keeps
-//!   losing the comparisons in between.
-//!
 //! Times are microseconds since the balancer's clock base (`Shared::now_us`), read once per call at the edge
 //! and passed in; nothing here reads a clock.
 
@@ -39,10 +33,6 @@ pub const STALL_LATENCY_MULTIPLE: u64 = 10;
 pub const MIN_STALL: Duration = Duration::from_millis(250);
 /// … nor later than this (also the bound before any latency has been seen).
 pub const MAX_STALL: Duration = Duration::from_secs(1);
-
-/// An endpoint this client has left idle this long is *cold*: the pick takes it when the schedule names it,
-/// without comparing, so that what is known of it (here and at the coordinator) does not go stale.
-pub const COLD_AFTER: Duration = Duration::from_millis(250);
 
 /// The weight of a new latency sample in the moving average.
 const LATENCY_EWMA_NEW: f64 = 0.2;
@@ -155,14 +145,6 @@ impl LiveLoad {
         own_in_flight > 0
             && now_us.saturating_sub(self.progress_us.load(Ordering::Relaxed))
                 > self.stall_bound_us()
-    }
-
-    /// Whether this client has nothing in flight at the endpoint and has not heard from it (nor sent to it
-    /// from idle) for [`COLD_AFTER`].
-    #[inline]
-    pub(crate) fn is_cold(&self, own_in_flight: usize, now_us: u64) -> bool {
-        own_in_flight == 0
-            && now_us.saturating_sub(self.progress_us.load(Ordering::Relaxed)) > micros(COLD_AFTER)
     }
 
     /// Whether the endpoint answered anything after `since_us`.

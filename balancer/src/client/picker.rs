@@ -37,11 +37,9 @@
 //! toward the one with more capacity per slot of queue (the faster one): the achieved shares lean toward the
 //! fast paths, as full shortest-expected-delay's do, which is what keeps the tail down (a slow path's own
 //! service time is a long tail). The scheduled candidate wins ties, so equal weights on equal queues are
-//! exactly round robin, and `choice_count(1)` follows the coordinator's schedule exactly. Endpoints the
-//! client has set aside as unreachable ([`super::outlier`]) or that are stalled (requests outstanding and
-//! nothing answered, [`super::live_load`]) are passed over, within [`MAX_PROBES`] looks; a scheduled
-//! endpoint this client has left idle for a while (*cold*, [`super::live_load`]) is taken without
-//! comparing, so that a path whose share was cut while it was slow is sampled again. The whole pick is lock-free and allocation-free: two or three `fetch_add`s and a few relaxed loads.
+//! exactly round robin, and `choice_count(1)` follows the coordinator's schedule exactly. Endpoints the client has set aside as unreachable ([`super::outlier`]) or that are stalled
+//! (requests outstanding and nothing answered, [`super::live_load`]) are passed over, within [`MAX_PROBES`]
+//! looks. The whole pick is lock-free and allocation-free: two or three `fetch_add`s and a few relaxed loads.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -279,10 +277,6 @@ impl PickerSnapshot {
         let (first, first_usable) = self.scheduled_usable(scheduler, now_us);
         if self.choice_count < 2 || !self.choosable[first] || !first_usable {
             return self.endpoints.get(first);
-        }
-        let scheduled = &self.endpoints[first];
-        if scheduled.live.is_cold(scheduled.in_flight(), now_us) {
-            return Some(scheduled);
         }
         let (mut best, mut best_delay) = (first, self.expected_delay(first, now_us));
         for _ in 1..self.choice_count {
@@ -553,22 +547,6 @@ mod tests {
         assert!(counts[1] > 1_400, "{counts:?}");
         // The remote endpoint gets exactly its schedule: a local one is never chosen over it, nor it over them.
         assert!((counts[2] as i64 - 8_000).abs() <= 2, "{counts:?}");
-    }
-
-    #[tokio::test]
-    async fn a_path_left_idle_is_taken_when_scheduled() {
-        let picker = snapshot(&[0.9, 0.1], &[true, true], 2);
-        // Heard from a moment ago: the idle small share loses to the large one (SED).
-        picker.endpoints[1].live.on_answer(0, 1_000);
-        let count = |now_us| {
-            (0..10_000)
-                .filter(|_| Arc::ptr_eq(picker.pick(now_us).unwrap(), &picker.endpoints[1]))
-                .count()
-        };
-        assert!(count(2_000) < 200);
-        // Nothing sent to it or heard from it for longer than COLD_AFTER: its schedule, exactly.
-        let later = 1_000 + super::super::live_load::COLD_AFTER.as_micros() as u64 + 1;
-        assert!((count(later) as i64 - 1_000).abs() <= 2);
     }
 
     #[tokio::test]
