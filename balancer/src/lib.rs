@@ -1,10 +1,10 @@
-//! Lateral's client side: the weight engine, the coordinator, and a drop-in tonic channel.
+//! Lateral's client side: the coordinator around the weight engine, and a drop-in tonic channel.
 //!
 //! What this crate owns:
-//! - [`engine`]: the pure, sans-IO weight engine. Every rule from the reference article (windows, capacity
-//!   estimates, headroom shares, smoothing, floors, freshness, re-admission, canary breaker and promotion,
-//!   oscillation damping, drift alerts) as a deterministic state machine that takes `now` as an argument.
-//!   No tokio, tonic, quinn or clock reads inside.
+//! - [`engine`] is the crate `lateral-engine`, re-exported: the pure, sans-IO weight engine. Every rule from
+//!   the reference article (windows, capacity estimates, headroom shares, smoothing, floors, freshness,
+//!   re-admission, canary breaker and promotion, oscillation damping, drift alerts) as a deterministic state
+//!   machine that takes `now` as an argument, in a crate of its own that depends on nothing async.
 //! - [`coordinator`]: the I/O shell around the engine: configuration, QUIC heartbeat ingest from agents,
 //!   ticks, and the `lateral.v1.Coordinator` gRPC service (`WatchWeights`, `GetDecisions`). It is the
 //!   binary `lateral-coordinator` and can also run embedded in a client process.
@@ -19,7 +19,8 @@
 
 pub mod client;
 pub mod coordinator;
-pub mod engine;
+#[doc(inline)]
+pub use lateral_engine as engine;
 mod error;
 pub mod telemetry;
 

@@ -13,7 +13,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use lateral_balancer::engine::sim::scenarios;
+use lateral_engine::sim::scenarios;
 
 fn main() -> ExitCode {
     let mut seed = 7u64;

@@ -1,8 +1,10 @@
 //! One rule at a time, driving the engine directly with hand-made heartbeats on a simulated clock.
 
+#![allow(clippy::disallowed_methods)] // a test needs an Instant to start from
+
 use std::time::{Duration, Instant};
 
-use lateral_balancer::engine::{
+use lateral_engine::{
     AlertKind, EndpointSpec, EndpointState, Engine, EngineConfig, LoadReport, Mode, Rule,
 };
 

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Sim, SimBackend, SimEvent};
-use crate::engine::{ConfigError, EngineConfig};
+use crate::{ConfigError, EngineConfig};
 
 /// A ready-to-run simulation.
 #[derive(Debug)]

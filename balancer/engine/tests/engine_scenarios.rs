@@ -1,11 +1,13 @@
 //! The reference article's test plan, run through the deterministic simulator (simulated time, no sleeping).
 //! Each test prints what it measured (`cargo test -p lateral-balancer --test engine_scenarios -- --nocapture`).
 
+#![allow(clippy::disallowed_methods)] // a test needs an Instant to start from
+
 use std::time::Instant;
 
-use lateral_balancer::engine::sim::scenarios::{self, Scenario};
-use lateral_balancer::engine::sim::{Convergence, TraceRow, convergence};
-use lateral_balancer::engine::{AlertKind, EndpointState, Rule};
+use lateral_engine::sim::scenarios::{self, Scenario};
+use lateral_engine::sim::{Convergence, TraceRow, convergence};
+use lateral_engine::{AlertKind, EndpointState, Rule};
 
 const SEED: u64 = 7;
 

@@ -206,6 +206,7 @@ pub fn secs(d: Duration) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests need an Instant to start from
 mod tests {
     use super::*;
 

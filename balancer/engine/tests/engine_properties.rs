@@ -1,9 +1,11 @@
 //! Invariants of the weight table under random endpoint sets, heartbeat sequences and time steps.
 
+#![allow(clippy::disallowed_methods)] // a test needs an Instant to start from
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use lateral_balancer::engine::{
+use lateral_engine::{
     EndpointSpec, EndpointState, Engine, EngineConfig, LoadReport, Mode, WeightTable,
 };
 use proptest::prelude::*;

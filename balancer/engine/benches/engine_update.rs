@@ -1,11 +1,13 @@
 //! The engine's update cost: one `on_tick` after a round of heartbeats at 10, 100 and 1 000 endpoints, and one
 //! `on_heartbeat`. Simulated time; no I/O.
 
+#![allow(clippy::disallowed_methods)] // a test needs an Instant to start from
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use lateral_balancer::engine::{EndpointSpec, Engine, EngineConfig, LoadReport};
+use lateral_engine::{EndpointSpec, Engine, EngineConfig, LoadReport};
 
 fn report(i: usize, round: u64) -> LoadReport {
     // Deterministic variety: capacities differ by endpoint and drift a little per round.

@@ -59,6 +59,7 @@ pub fn next_change(last: Instant, now: Instant, cfg: &EngineConfig) -> Option<In
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests need an Instant to start from
 mod tests {
     use super::*;
 

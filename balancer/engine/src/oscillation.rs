@@ -92,6 +92,7 @@ impl Oscillation {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests need an Instant to start from
 mod tests {
     use super::*;
     use std::time::Duration;

@@ -2,7 +2,10 @@
 //! slots and service times, an open-loop Poisson arrival stream dispatched by the engine's current shares,
 //! FIFO queueing when every slot is busy, and an agent per backend sending a heartbeat with the real fields
 //! every 500 ms (offset per backend), received by the engine at simulated time. Events change a backend at a
-//! given time (service time, error rate, fast failure, reporting on/off, goodbye, arrival rate).
+//! given time (service time, error rate, fast failure, reporting on/off, goodbye, arrival rate). The engine
+//! ticks when [`Engine::next_deadline`](crate::Engine::next_deadline) asks, as the coordinator's driver does
+//! (the end of a heartbeat interval, or sooner for a freshness change or a hold-off ending), so the scenario
+//! tests run the timing path production runs.
 //!
 //! Like quinn-proto's test `Pair`: plain `#[test]`, no runtime, no sleeping, time in microseconds from a
 //! `start` instant the caller passes in; all randomness comes from one seeded `SmallRng`. It is
@@ -342,7 +345,7 @@ impl Sim {
         self.backends.iter().map(|b| b.spec.id.clone()).collect()
     }
 
-    /// The trace so far (one row per tick).
+    /// The trace so far (one row per engine tick).
     pub fn trace(&self) -> &[TraceRow] {
         &self.trace
     }
@@ -450,8 +453,15 @@ impl Sim {
             }
         }
         if self.next_tick_us <= to {
-            self.next_tick_us += 500_000;
             self.engine.on_tick(at(self.start, to));
+            // The next tick when the engine asks for it, as the coordinator's driver schedules it (the end
+            // of a heartbeat interval, or sooner: a freshness change, a hold-off ending).
+            self.next_tick_us = self
+                .engine
+                .next_deadline()
+                .and_then(|d| d.checked_duration_since(self.start))
+                .map_or(to + 500_000, |d| d.as_micros() as u64)
+                .max(to + STEP_US);
             self.refresh_routing();
             self.drain();
             let table = self.engine.table();

@@ -1,5 +1,11 @@
 //! The weight engine: every rule of the reference article as a pure, deterministic state machine.
 //!
+//! What this crate owns: turning load reports into weight shares, decision records and alerts, and the
+//! simulator that drives it on simulated backends (feature `sim`). What it does not: any I/O — the
+//! coordinator (`lateral-balancer`'s `coordinator`) receives heartbeats, reads the clock, calls the engine and
+//! publishes its tables. It depends on `serde` and `thiserror` only (`rand` with `sim`); the crate's
+//! `clippy.toml` refuses clock reads in it.
+//!
 //! Sans-IO like `quinn-proto`: no tokio, tonic, quinn, sockets or clock reads in here. Every input carries
 //! `now` (the coordinator's **receive** time for heartbeats); outputs are a versioned [`WeightTable`] of
 //! traffic **shares** (each in [0, 1], summing to 1), [`Decision`] records and [`Alert`]s, which the driver
@@ -23,7 +29,7 @@
 //! 7. **records** ([`decision`]) when a share moved by `decision_threshold` since the endpoint's last record or
 //!    its state changed, and **alerts** for drift ([`drift`]), oscillation, the canary breaker and promotion.
 //!
-//! The simulator in [`sim`] drives the engine with simulated backends for tests and examples.
+//! The simulator in `sim` (feature `sim`) drives the engine with simulated backends for tests and examples.
 //!
 //! # Units
 //! Shares are fractions of traffic. Capacities and loads are throughputs in requests per second;
@@ -34,8 +40,9 @@
 //! # Driving it
 //! ```
 //! use std::time::{Duration, Instant};
-//! use lateral_balancer::engine::{Engine, EngineConfig, EndpointSpec, LoadReport};
+//! use lateral_engine::{Engine, EngineConfig, EndpointSpec, LoadReport};
 //!
+//! # #[allow(clippy::disallowed_methods)]
 //! let mut now = Instant::now(); // the driver reads the clock; the engine never does
 //! let mut engine = Engine::new(EngineConfig::default()).unwrap();
 //! for id in ["fast", "slow"] {
@@ -60,6 +67,8 @@
 //! }
 //! assert!((engine.table().weight("fast") - 0.8).abs() < 0.02); // 4:1 capacity, 80/20 shares
 //! ```
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod canary;
 pub mod capacity;
@@ -70,6 +79,7 @@ pub mod freshness;
 pub mod liveness;
 pub mod oscillation;
 pub mod readmission;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod smoothing;
 pub mod table;
@@ -1346,6 +1356,7 @@ impl Engine {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests need an Instant to start from
 mod tests {
     use super::*;
 

@@ -59,6 +59,7 @@ impl Drift {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests need an Instant to start from
 mod tests {
     use super::*;
     use std::time::Duration;
