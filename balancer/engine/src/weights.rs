@@ -221,11 +221,11 @@ impl Engine {
         // amplified by 1/(1 − ρ)). A step of at most (1 − ρ) never overshoots: at exactly (1 − ρ) it lands on
         // the capacity share `cap_i / Σcap`, the rule's fixed point.
         let total_cap: f64 = self.scratch_caps.iter().sum();
-        let (busy, cap_sum) = match cfg.mode {
+        let busy = match cfg.mode {
             Mode::Throughput if total_cap > 0.0 && total_load > 0.0 => {
-                ((total_load / total_cap).min(1.0), total_cap)
+                (total_load / total_cap).min(1.0)
             }
-            _ => (0.0, total_cap),
+            _ => 0.0,
         };
         let stable_step = (1.0 - busy).max(MIN_STABLE_STEP);
         let floor = cfg.floor;
@@ -299,8 +299,8 @@ impl Engine {
                     if overloaded {
                         // Shed at once, to its capacity share: its headroom share (0 when planned past its
                         // capacity) is where the rule would take it only to swing back on the next tick.
-                        let target = if cap_sum > 0.0 {
-                            self.scratch_caps[k] / cap_sum
+                        let target = if total_cap > 0.0 {
+                            self.scratch_caps[k] / total_cap
                         } else {
                             c
                         };
