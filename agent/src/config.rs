@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use lateral_ops::tls::{TlsFiles, TlsMode};
 use lateral_proto::heartbeat::capability;
-use lateral_proto::tls::{TlsFiles, TlsMode};
 
 use crate::Error;
 use crate::dedup::{self, RedisDedupOptions, RedisUrl};

@@ -41,3 +41,9 @@ pub enum Error {
     #[error("dedup store: {0}")]
     Dedup(String),
 }
+
+impl From<lateral_ops::etcd::EtcdError> for Error {
+    fn from(e: lateral_ops::etcd::EtcdError) -> Self {
+        Error::Etcd(e.to_string())
+    }
+}

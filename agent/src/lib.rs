@@ -13,7 +13,7 @@
 //!   forget it when the agent goes away;
 //! - draining on SIGTERM or admin request.
 //!
-//! What it does not touch: weights. The agent reports; the coordinator (crate `lateral-balancer`) decides.
+//! What it does not touch: weights. The agent reports; the coordinator (crate `lateral-coordinator`) decides.
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -33,6 +33,5 @@ pub mod poll;
 pub mod proxy;
 pub mod recorder;
 // observability: OTLP traces and W3C trace context
-pub mod telemetry;
 
 pub use error::Error;

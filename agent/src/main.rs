@@ -20,7 +20,7 @@ use lateral_agent::poll::{PollOptions, Poller};
 use lateral_agent::proxy::{Proxy, ProxyOptions};
 use lateral_agent::recorder::Recorder;
 use lateral_agent::reporter::Reporter;
-use lateral_proto::tls::DevPki;
+use lateral_ops::tls::DevPki;
 use tokio_util::sync::CancellationToken;
 
 /// Observability flags, accepted before or after the mode (global): they apply to every mode.
@@ -77,7 +77,12 @@ fn main() -> ExitCode {
     // The OTLP exporter and its batch processor run on this runtime.
     let telemetry = {
         let _entered = runtime.enter();
-        match lateral_agent::telemetry::init_tracing(observability.otlp_endpoint.as_deref()) {
+        let config = lateral_ops::otlp::TelemetryConfig {
+            otlp_endpoint: observability.otlp_endpoint.clone(),
+            ..Default::default()
+        };
+        match lateral_ops::otlp::init_tracing("lateral-agent", &config, "LATERAL_AGENT_LOG", false)
+        {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("lateral-agent: error: {e}");

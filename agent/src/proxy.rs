@@ -300,8 +300,8 @@ impl Service<Request<Incoming>> for Forward {
             http.status_code = tracing::field::Empty,
             grpc.status = tracing::field::Empty,
         );
-        crate::telemetry::set_remote_parent(&span, &parts.headers);
-        crate::telemetry::inject(&span, &mut parts.headers);
+        lateral_ops::propagation::set_remote_parent(&span, &parts.headers);
+        lateral_ops::propagation::inject_span(&span, &mut parts.headers);
         let request = Request::from_parts(parts, body);
         let client = self.client.clone();
         let label = Arc::clone(&self.label);

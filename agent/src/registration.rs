@@ -9,13 +9,13 @@
 
 use std::time::Duration;
 
+use lateral_ops::etcd::{Backoff, EtcdError, connect, timed};
 use lateral_proto::etcd::EndpointRecord;
 use lateral_proto::etcd::etcdserverpb::kv_client::KvClient;
 use lateral_proto::etcd::etcdserverpb::lease_client::LeaseClient;
 use lateral_proto::etcd::etcdserverpb::{
     LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest,
 };
-use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -25,11 +25,6 @@ use crate::Error;
 
 /// The shortest lease accepted (etcd's own minimum is a few seconds; below that a GC pause loses it).
 pub const MIN_TTL: Duration = Duration::from_secs(2);
-
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What to register, where, and for how long without a keep-alive.
 #[derive(Debug, Clone)]
@@ -90,9 +85,8 @@ impl Registration {
 
     /// Keeps the endpoint registered until `stop` fires, then revokes the lease (the key disappears at once).
     pub async fn run(self, stop: CancellationToken) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         let mut first = 0usize;
-        let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
         // The lease last granted and not known to have expired: revoked on stop even if the session holding
         // it failed since (a lost connection does not end a lease, and etcd may still hold the key).
         let mut lease = None;
@@ -102,15 +96,14 @@ impl Registration {
                 break;
             }
             if let Err(e) = outcome {
-                tracing::warn!(key = %self.key(), error = %e, retry_in_ms = backoff.as_millis() as u64, "etcd registration lost; registering again");
+                tracing::warn!(key = %self.key(), error = %e, retry_in_ms = backoff.step().as_millis() as u64, "etcd registration lost; registering again");
             }
             first = first.wrapping_add(1);
-            let jittered = backoff.mul_f64(rng.random_range(0.5..=1.0));
+            let wait = backoff.next_wait();
             tokio::select! {
                 () = stop.cancelled() => break,
-                () = tokio::time::sleep(jittered) => {}
+                () = tokio::time::sleep(wait) => {}
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
         if let Some((channel, id)) = lease {
             self.revoke(channel, id).await;
@@ -124,7 +117,7 @@ impl Registration {
         first: usize,
         stop: &CancellationToken,
         lease: &mut Option<(Channel, i64)>,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Result<(), Error> {
         let channel = connect(&self.etcd, first).await?;
         let ttl_secs = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
@@ -152,7 +145,7 @@ impl Registration {
         )
         .await?;
         tracing::info!(key = %self.key(), lease = id, ttl_s = ttl_secs, "registered in etcd");
-        *backoff = BACKOFF_MIN;
+        backoff.reset();
 
         // The first ping is queued before the call: etcd answers the call (headers included) only once a
         // keep-alive arrives, so awaiting the call with an empty request stream would wait forever.
@@ -214,41 +207,6 @@ impl Registration {
     }
 }
 
-fn etcd_error(call: &str, detail: &str) -> Error {
-    Error::Etcd(format!("{call}: {detail}"))
-}
-
-/// Runs one unary call with [`REQUEST_TIMEOUT`].
-async fn timed<T>(
-    call: &str,
-    request: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-        Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) => Err(etcd_error(call, status.message())),
-        Err(_) => Err(etcd_error(call, "timed out")),
-    }
-}
-
-/// Dials the URLs in turn from `first`; the first that connects wins.
-async fn connect(urls: &[String], first: usize) -> Result<Channel, Error> {
-    let mut failures = Vec::new();
-    for k in 0..urls.len() {
-        let url = &urls[(first + k) % urls.len()];
-        let endpoint = match Endpoint::from_shared(url.clone()) {
-            Ok(e) => e.connect_timeout(CONNECT_TIMEOUT),
-            Err(e) => {
-                failures.push(format!("{url}: {e}"));
-                continue;
-            }
-        };
-        match endpoint.connect().await {
-            Ok(channel) => return Ok(channel),
-            Err(e) => failures.push(format!("{url}: {e}")),
-        }
-    }
-    Err(etcd_error(
-        "connect",
-        &format!("no URL reachable: {}", failures.join("; ")),
-    ))
+fn etcd_error(call: &'static str, detail: &str) -> Error {
+    EtcdError::new(call, detail).into()
 }

@@ -2,7 +2,7 @@
 //! heartbeats.
 //!
 //! # Protocol, as the coordinator sees it
-//! 1. The coordinator dials the agent (`quinn` client, [`lateral_proto::tls::client_config`], ALPN
+//! 1. The coordinator dials the agent (`quinn` client, [`lateral_ops::tls::client_config`], ALPN
 //!    `lateral-hb/1`, server name = the agent's configured name or `localhost`). Mutual TLS: a peer without a
 //!    certificate from the configured CA never gets past the handshake.
 //! 2. The agent opens **one unidirectional stream** (the coordinator calls `accept_uni()`) and writes
@@ -44,8 +44,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use lateral_ops::tls::TlsMode;
 use lateral_proto::heartbeat::capability;
-use lateral_proto::tls::TlsMode;
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};

@@ -5,8 +5,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lateral_ops::tls::{self, DevPki, TlsFiles, TlsMode};
 use lateral_proto::heartbeat::{FrameHeader, HEADER_LEN, Message, decode_body};
-use lateral_proto::tls::{self, DevPki, TlsFiles, TlsMode};
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use lateral_agent::drain::{DrainOutcome, Drainer, admin};
 use lateral_agent::measurement::{Measurement, MeasurementSource};
 use lateral_agent::reporter::{Reporter, ReporterOptions, close_code};
+use lateral_ops::tls::{self, DevPki};
 use lateral_proto::heartbeat::{FrameHeader, HEADER_LEN, Message, decode_body};
-use lateral_proto::tls::{self, DevPki};
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

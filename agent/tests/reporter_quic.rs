@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use lateral_agent::measurement::{Measurement, MeasurementSource};
 use lateral_agent::reporter::{Reporter, ReporterHandle, ReporterOptions, close_code};
+use lateral_ops::tls::{self, DevPki, TlsMode};
 use lateral_proto::heartbeat::{FrameHeader, HEADER_LEN, Heartbeat, Message, decode_body};
-use lateral_proto::tls::{self, DevPki, TlsMode};
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

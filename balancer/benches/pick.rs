@@ -22,9 +22,9 @@ use std::hint::black_box;
 use std::task::{Context, Waker};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use lateral_balancer::client::Balancer;
-use lateral_balancer::client::hashing::{DEFAULT_TABLE_SIZE, MaglevTable, hash_key};
-use lateral_balancer::client::picker::{PickBench, StrideScheduler};
+use lateral_balancer::Balancer;
+use lateral_balancer::hashing::{DEFAULT_TABLE_SIZE, MaglevTable, hash_key};
+use lateral_balancer::internals::{PickBench, StrideScheduler};
 use lateral_proto::demo::echo_client::EchoClient;
 use lateral_proto::demo::echo_server::{Echo, EchoServer};
 use lateral_proto::demo::{EchoReply, EchoRequest};

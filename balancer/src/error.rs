@@ -1,6 +1,6 @@
 //! The crate's one error type.
 
-/// Everything that can go wrong in `lateral-balancer`, mapped to a `tonic::Status` at the gRPC boundary.
+/// What can go wrong building a [`crate::Balancer`]; requests themselves fail with a `tonic::Status`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -14,52 +14,10 @@ pub enum Error {
         /// What was expected, and what was found.
         expected: String,
     },
-    /// A configuration file could not be read or parsed.
-    #[error("cannot load configuration {path}: {message}")]
-    ConfigFile {
-        /// The file.
-        path: String,
-        /// The reader's or parser's message (with line and column where known).
-        message: String,
-    },
-    /// The named service is not configured.
-    #[error("unknown service `{0}`")]
-    UnknownService(String),
-    /// No endpoint can take the request.
-    #[error("no endpoint available for `{service}`: {why}")]
-    NoEndpoint {
-        /// The service.
-        service: String,
-        /// Why every endpoint was passed over.
-        why: String,
-    },
-    /// A transport (QUIC, TLS, gRPC) failed.
-    #[error("transport error: {0}")]
-    Transport(String),
-    /// An etcd endpoint source could not reach etcd or lost its watch (the source retries).
-    #[error("etcd {call}: {detail}")]
-    Etcd {
-        /// What was being done: connect, Range, Watch.
-        call: &'static str,
-        /// What went wrong.
-        detail: String,
-    },
-    /// An I/O operation failed.
-    #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
 }
 
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
-        let message = error.to_string();
-        match error {
-            Error::Config { .. } | Error::ConfigFile { .. } => {
-                tonic::Status::failed_precondition(message)
-            }
-            Error::UnknownService(_) => tonic::Status::not_found(message),
-            Error::NoEndpoint { .. } | Error::Transport(_) | Error::Etcd { .. } | Error::Io(_) => {
-                tonic::Status::unavailable(message)
-            }
-        }
+        tonic::Status::failed_precondition(error.to_string())
     }
 }

@@ -1,27 +1,105 @@
-//! Lateral's client side: the coordinator around the weight engine, and a drop-in tonic channel.
+//! Lateral's client: [`Balancer`], a drop-in replacement for `tonic::transport::Channel` that routes
+//! each request to one endpoint of a service by the latest coordinator weights.
 //!
-//! What this crate owns:
-//! - [`engine`] is the crate `lateral-engine`, re-exported: the pure, sans-IO weight engine. Every rule from
-//!   the reference article (windows, capacity estimates, headroom shares, smoothing, floors, freshness,
-//!   re-admission, canary breaker and promotion, oscillation damping, drift alerts) as a deterministic state
-//!   machine that takes `now` as an argument, in a crate of its own that depends on nothing async.
-//! - [`coordinator`]: the I/O shell around the engine: configuration, QUIC heartbeat ingest from agents,
-//!   ticks, and the `lateral.v1.Coordinator` gRPC service (`WatchWeights`, `GetDecisions`). It is the
-//!   binary `lateral-coordinator` and can also run embedded in a client process.
-//! - [`client`]: [`client::Balancer`], a `tower::Service<http::Request<tonic::body::Body>>` that generated
-//!   tonic clients take in place of a `tonic::transport::Channel`, picking endpoints by the latest weights
-//!   (lock-free, allocation-free pick path).
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use lateral_balancer::Balancer;
+//! use lateral_proto::demo::echo_client::EchoClient;
 //!
-//! What it does not touch: measuring backends (that is `lateral-agent`) and wire formats (that is
-//! `lateral-proto`).
+//! let balancer = Balancer::builder("echo")
+//!     .endpoints([("a", "http://10.0.0.1:50051"), ("b", "http://10.0.0.2:50051")])
+//!     .static_weights([("a", 3.0), ("b", 1.0)])
+//!     .coordinator("http://127.0.0.1:7070")
+//!     .build()?;
+//! let mut client = EchoClient::new(balancer);
+//! # Ok(()) }
+//! ```
+//!
+//! How it is put together:
+//! - [`builder`]: configuration; [`Builder::build`] starts one policy task (and, in sidecar mode, the
+//!   `WatchWeights` subscriber of [`watch`]) on the current runtime and returns at once.
+//! - [`snapshot`]: the policy task turns weight snapshots into immutable pickers (membership, states,
+//!   staleness) and publishes them with `arc-swap`.
+//! - [`picker`]: the pick path, two-level: gRFC A58's static stride scheduler over the coordinator's weights
+//!   names a candidate, a second one is drawn by weight, and the one with the shorter expected delay for its
+//!   capacity wins, from a live queue estimate (own in-flight plus the other clients' from ORCA trailers).
+//!   Lock-free, allocation-free.
+//! - [`channel`]: the `tower::Service`: request ids, pick, dispatch on the endpoint's lazily-connected
+//!   tonic channel ([`endpoints`]), retries under a budget ([`retry`]), response tracking, and liveness
+//!   from completions: an attempt on an endpoint that answers nothing is cancelled and, when safe, retried.
+//! - [`orca`]: reading ORCA trailers (server-side in-flight for the pick, utilization for zone preference);
+//!   [`metrics`]: Prometheus text.
+//! - Routing variants, each off by default and precomputed by the policy task so that the pick stays
+//!   lock-free and allocation-free: [`hashing`] (key-hashed routing on a weighted Maglev table),
+//!   [`zones`] (zone preference with spillover and hysteresis), [`split`] (a fraction of requests on
+//!   dynamic weights, the rest on static ones, compared in the metrics).
+//!
+//! Which variant when:
+//! - **default (weighted pick)**: stateless services; the most exact balance by the coordinator's weights.
+//! - **[`hash_key_header`](Builder::hash_key_header)**: stateful services (caches, sessions, actors) where a
+//!   key should keep hitting the same endpoint; each endpoint's share of keys follows its weight, and a
+//!   weight change moves close to the minimum of keys. Balance is only as even as the keys are.
+//! - **[`zone_policy`](Builder::zone_policy)**: backends in several zones where crossing zones costs
+//!   latency or money and each zone is sized for its own clients; spills only what the local zone cannot
+//!   carry (everything when it is unhealthy), and does not flap.
+//! - **[`dynamic_fraction`](Builder::dynamic_fraction)**: adopting Lateral: put 10% of traffic on the
+//!   coordinator's weights, compare the `group="dynamic"` and `group="static"` series, then raise it.
+//!
+//! They combine: hashed requests follow their group's table, zone preference applies to both groups'
+//! weighted picks (not to hashed requests: a key has one owner across zones).
+//!
+//! Features:
+//! - `embedded` (default): [`Builder::embedded`] runs the coordinator (`lateral-coordinator`: engine, QUIC
+//!   ingest from the agents) inside this process, re-exported as [`coordinator`]. Without it the crate
+//!   compiles no QUIC stack, certificate generator, CLI or TOML parser, and no OpenTelemetry SDK: a client
+//!   that talks to a sidecar coordinator uses [`Builder::coordinator`] and needs nothing more.
+//! - `otel`: W3C trace context (`traceparent`) injected into every outgoing request from the current
+//!   `tracing` span, through the OpenTelemetry API (the application installs the SDK and the propagator).
+//!
+//! What it does not touch: computing weights (the engine and the coordinator do that) and deduplicating
+//! requests (the agent does, by `x-lateral-request-id`).
+
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod client;
-pub mod coordinator;
-#[doc(inline)]
-pub use lateral_engine as engine;
+mod builder;
+mod channel;
+mod endpoints;
 mod error;
-pub mod telemetry;
+pub mod hashing;
+mod live_load;
+mod metrics;
+mod orca;
+mod outlier;
+mod picker;
+mod retry;
+mod snapshot;
+mod split;
+mod watch;
+mod zones;
 
+pub use builder::Builder;
+pub use channel::{Balancer, BoxError};
+pub use endpoints::EndpointConfig;
 pub use error::Error;
+pub use metrics::ClientMetrics;
+pub use retry::RetryBudgetConfig;
+pub use snapshot::WeightsFeed;
+pub use split::{Group, GroupStats};
+pub use zones::ZonePolicy;
+
+/// The coordinator this client can embed ([`Builder::embedded`]): the crate `lateral-coordinator`.
+#[cfg(feature = "embedded")]
+#[doc(inline)]
+pub use lateral_coordinator as coordinator;
+
+/// The request header carrying a request id that stays the same across retries, so the agent can drop a
+/// duplicate.
+pub const REQUEST_ID_HEADER: &str = "x-lateral-request-id";
+
+/// Internals that the benches and fuzz targets drive directly; not a stable API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::orca::{parse_report, read_report};
+    pub use crate::picker::{MAX_WEIGHT, PickBench, StrideScheduler};
+}

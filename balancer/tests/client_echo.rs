@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use client_support::*;
-use lateral_balancer::client::Balancer;
+use lateral_balancer::Balancer;
 use lateral_proto::coordinator::EndpointState;
 use lateral_proto::demo::EchoRequest;
 use lateral_proto::demo::echo_client::EchoClient;

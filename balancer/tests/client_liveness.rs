@@ -7,7 +7,7 @@ mod client_support;
 use std::time::Duration;
 
 use client_support::*;
-use lateral_balancer::client::Balancer;
+use lateral_balancer::Balancer;
 use lateral_proto::demo::echo_client::EchoClient;
 
 const UNARY: &str = "/lateral.demo.v1.Echo/Unary";

@@ -4,7 +4,7 @@
 mod client_support;
 
 use client_support::*;
-use lateral_balancer::client::Balancer;
+use lateral_balancer::Balancer;
 use lateral_proto::demo::echo_client::EchoClient;
 
 #[tokio::test]

@@ -9,10 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use client_support::*;
-use lateral_balancer::client::Balancer;
-use lateral_balancer::client::hashing::{
-    DEFAULT_TABLE_SIZE, MaglevTable, hash_key, measure_disruption,
-};
+use lateral_balancer::Balancer;
+use lateral_balancer::hashing::{DEFAULT_TABLE_SIZE, MaglevTable, hash_key, measure_disruption};
 use lateral_proto::coordinator::EndpointState::{Active, Ejected};
 use lateral_proto::demo::echo_client::EchoClient;
 use proptest::prelude::*;

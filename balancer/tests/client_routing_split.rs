@@ -6,7 +6,7 @@ mod client_support;
 use std::sync::Arc;
 
 use client_support::*;
-use lateral_balancer::client::{Balancer, Group};
+use lateral_balancer::{Balancer, Group};
 use lateral_proto::coordinator::EndpointState::Active;
 use lateral_proto::demo::echo_client::EchoClient;
 use lateral_proto::demo::echo_server::{Echo, EchoServer};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client_support::*;
-use lateral_balancer::client::{Balancer, ZonePolicy};
+use lateral_balancer::{Balancer, ZonePolicy};
 use lateral_proto::coordinator::EndpointState::{self, Active, Degraded, Ejected};
 use lateral_proto::coordinator::{EndpointWeight, WeightSnapshot};
 use lateral_proto::demo::echo_client::EchoClient;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client_support::*;
-use lateral_balancer::client::Balancer;
+use lateral_balancer::Balancer;
 use lateral_proto::coordinator::EndpointState::Active;
 use lateral_proto::coordinator::coordinator_server::{Coordinator, CoordinatorServer};
 use lateral_proto::coordinator::{

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use client_support::*;
-use lateral_balancer::client::{Balancer, RetryBudgetConfig};
+use lateral_balancer::{Balancer, RetryBudgetConfig};
 use lateral_proto::coordinator::EndpointState::{Active, Draining};
 use lateral_proto::demo::echo_client::EchoClient;
 

@@ -1,7 +1,7 @@
 //! The scheduler honours weights: deterministic over 100k picks, and exactly (up to integer scaling) over
 //! a full cycle for random weights.
 
-use lateral_balancer::client::picker::{MAX_WEIGHT, StrideScheduler};
+use lateral_balancer::internals::{MAX_WEIGHT, StrideScheduler};
 use proptest::prelude::*;
 
 #[test]

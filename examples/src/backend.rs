@@ -15,8 +15,8 @@ use lateral_agent::layer::LoadLayer;
 use lateral_agent::measurement::MeasurementSource;
 use lateral_agent::recorder::Recorder;
 use lateral_agent::reporter::{Reporter, ReporterHandle, ReporterOptions};
+use lateral_ops::tls::TlsMode;
 use lateral_proto::demo::echo_server::EchoServer;
-use lateral_proto::tls::TlsMode;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 

@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use lateral_agent::measurement::{Measurement, MeasurementSource};
 use lateral_agent::reporter::{Reporter, ReporterHandle, ReporterOptions};
-use lateral_balancer::coordinator::CoordinatorConfig;
-use lateral_balancer::coordinator::config::{EndpointConfig, ServiceConfig, TlsConfig};
-use lateral_balancer::engine::EngineConfig;
-use lateral_proto::tls::{DevPki, TlsMode, TlsPem};
+use lateral_coordinator::CoordinatorConfig;
+use lateral_coordinator::config::{EndpointConfig, ServiceConfig, TlsConfig};
+use lateral_coordinator::engine::EngineConfig;
+use lateral_ops::tls::{DevPki, TlsMode, TlsPem};
 
 /// Set (to `<endpoints>,<interval ms>`) in the child's environment; see [`run_child_if_requested`].
 pub const CHILD_ENV: &str = "LATERAL_INGEST_AGENTS";

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use lateral_examples::backend::{Backend, BackendSpec};
 use lateral_examples::bench::envoy::{self, EnvoyLb, EnvoyProxy};
+use lateral_ops::tls::TlsMode;
 use lateral_proto::demo::EchoRequest;
 use lateral_proto::demo::echo_client::EchoClient;
-use lateral_proto::tls::TlsMode;
 use tokio::task::JoinSet;
 use tonic::transport::Endpoint;
 

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use lateral_balancer::coordinator::{Coordinator, CoordinatorConfig};
+use lateral_coordinator::{Coordinator, CoordinatorConfig};
 use lateral_examples::bench::cluster::Cluster;
 use lateral_examples::bench::scenario::Scenario;
 

@@ -1,12 +1,12 @@
 //! Feeds arbitrary text to the coordinator's configuration reader: TOML parsing and the validation of every
-//! field (`lateral_balancer::coordinator::CoordinatorConfig::parse`, what `CoordinatorConfig::load` runs on
+//! field (`lateral_coordinator::CoordinatorConfig::parse`, what `CoordinatorConfig::load` runs on
 //! the file's text), including the engine's rules (`Engine::new`) and the telemetry settings. Nothing may
 //! panic: a bad file is an error that names the field.
 //!
 //! Run: `cd fuzz && cargo +nightly fuzz run coordinator_config`
 #![no_main]
 
-use lateral_balancer::coordinator::CoordinatorConfig;
+use lateral_coordinator::CoordinatorConfig;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! Feeds arbitrary bytes to the coordinator's etcd endpoint source as a broken or hostile etcd would answer:
 //! one `etcdserverpb.RangeResponse` (the listing) and then `etcdserverpb.WatchResponse` messages, each one
 //! length-delimited as prost frames them, decoded with prost as tonic does. The session's logic then runs
-//! through `lateral_balancer::coordinator::fuzz_membership` (`coordinator/etcd.rs`'s `Members`): the listing
+//! through `lateral_coordinator::fuzz_membership` (`coordinator/etcd.rs`'s `Members`): the listing
 //! replaces the set, then every event of every response until one is cancelled (which ends a session) is
 //! applied, a put decoding its value as an endpoint record and checking the record's id against the key.
 //! (`etcd_record` fuzzes the record decoder alone.)
@@ -12,7 +12,7 @@
 //! Run: `cd fuzz && cargo +nightly fuzz run etcd_watch`
 #![no_main]
 
-use lateral_balancer::coordinator::fuzz_membership;
+use lateral_coordinator::fuzz_membership;
 use lateral_proto::etcd::default_prefix;
 use lateral_proto::etcd::etcdserverpb::{RangeResponse, WatchResponse};
 use libfuzzer_sys::fuzz_target;

@@ -1,6 +1,6 @@
 //! Feeds arbitrary bytes to the readers of the ORCA `endpoint-load-metrics-bin` trailer, as a broken or hostile
 //! endpoint would send it: the client's zero-allocation field reader, on every response
-//! (`lateral_balancer::client::orca::{parse_report, read_report}`), and the agent's decoder
+//! (`lateral_balancer::internals::{parse_report, read_report}`), and the agent's decoder
 //! (`lateral_agent::orca::{decode, decode_metadata}`). Each gets the bytes as the decoded report and as the
 //! trailer's text (base64 of them, padded and not, and the raw bytes when they are a valid header value).
 //!
@@ -13,7 +13,7 @@
 
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue};
-use lateral_balancer::client::orca::{
+use lateral_balancer::internals::{
     DECLARED_CAPACITY_METRIC, IN_FLIGHT_METRIC, OrcaReading, parse_report, read_report,
 };
 use lateral_proto::orca::{ORCA_TRAILER, OrcaLoadReport};

@@ -14,7 +14,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use lateral_balancer::client::Balancer;
+use lateral_balancer::Balancer;
 use lateral_proto::coordinator::WeightSnapshot;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;

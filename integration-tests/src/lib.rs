@@ -9,13 +9,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lateral_balancer::coordinator::CoordinatorConfig;
-use lateral_balancer::coordinator::config::{EndpointConfig, ServiceConfig, TlsConfig};
-use lateral_balancer::engine::EngineConfig;
+use lateral_coordinator::CoordinatorConfig;
+use lateral_coordinator::config::{EndpointConfig, ServiceConfig, TlsConfig};
+use lateral_coordinator::engine::EngineConfig;
 use lateral_examples::backend::{Backend, BackendSpec};
+use lateral_ops::tls::{DevPki, TlsMode, TlsPem};
 use lateral_proto::coordinator::coordinator_client::CoordinatorClient;
 use lateral_proto::coordinator::{EndpointState, WatchRequest, WeightSnapshot};
-use lateral_proto::tls::{DevPki, TlsMode, TlsPem};
 
 /// Loopback, any free port.
 pub fn any_port() -> SocketAddr {

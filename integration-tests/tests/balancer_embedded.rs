@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lateral_balancer::client::Balancer;
+use lateral_balancer::Balancer;
 use lateral_integration_tests::*;
 use lateral_proto::demo::EchoRequest;
 use lateral_proto::demo::echo_client::EchoClient;

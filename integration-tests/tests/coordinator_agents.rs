@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use lateral_balancer::coordinator::Coordinator;
+use lateral_coordinator::Coordinator;
 use lateral_examples::backend::BackendSpec;
 use lateral_integration_tests::*;
 use lateral_proto::coordinator::EndpointState;
@@ -180,7 +180,7 @@ async fn an_agent_certified_by_another_ca_is_refused() {
 
 /// A fake agent that speaks QUIC with a valid certificate but sends `frames` on its stream.
 async fn hostile_agent(pki: &Pki, frames: Vec<Vec<u8>>) -> (quinn::Endpoint, std::net::SocketAddr) {
-    let server = lateral_proto::tls::server_config(&pki.mode("agent")).unwrap();
+    let server = lateral_ops::tls::server_config(&pki.mode("agent")).unwrap();
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server).unwrap();
     let endpoint = quinn::Endpoint::server(
         quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto)),

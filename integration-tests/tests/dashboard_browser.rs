@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lateral_balancer::coordinator::Coordinator;
+use lateral_coordinator::Coordinator;
 use lateral_integration_tests::*;
 
 fn chromium() -> PathBuf {

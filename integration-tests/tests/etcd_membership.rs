@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use lateral_agent::registration::Registration;
-use lateral_balancer::coordinator::Coordinator;
-use lateral_balancer::coordinator::config::EtcdSourceConfig;
+use lateral_coordinator::Coordinator;
+use lateral_coordinator::config::EtcdSourceConfig;
 use lateral_examples::backend::{Backend, BackendSpec};
 use lateral_integration_tests::*;
 use lateral_proto::coordinator::{EndpointState, WeightSnapshot};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lateral_balancer::coordinator::Coordinator;
+use lateral_coordinator::Coordinator;
 use lateral_integration_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

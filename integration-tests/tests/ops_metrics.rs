@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use lateral_balancer::client::Balancer;
-use lateral_balancer::coordinator::Coordinator;
-use lateral_balancer::engine::AlertKind;
+use lateral_balancer::Balancer;
+use lateral_coordinator::Coordinator;
+use lateral_coordinator::engine::AlertKind;
 use lateral_integration_tests::*;
 use lateral_proto::demo::EchoRequest;
 use lateral_proto::demo::echo_client::EchoClient;

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use lateral_agent::proxy::{Proxy, ProxyOptions};
 use lateral_agent::recorder::Recorder;
-use lateral_balancer::client::Balancer;
-use lateral_balancer::coordinator::Coordinator;
-use lateral_balancer::telemetry::{self, TelemetryConfig};
+use lateral_balancer::Balancer;
+use lateral_coordinator::Coordinator;
+use lateral_coordinator::telemetry::{self, TelemetryConfig};
 use lateral_examples::backend::BackendSpec;
 use lateral_integration_tests::*;
 use lateral_proto::demo::EchoRequest;

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use lateral_balancer::client::Balancer;
-use lateral_balancer::coordinator::Coordinator;
+use lateral_balancer::Balancer;
+use lateral_coordinator::Coordinator;
 use lateral_integration_tests::*;
 use lateral_proto::coordinator::GetDecisionsRequest;
 use lateral_proto::coordinator::coordinator_client::CoordinatorClient;

@@ -7,15 +7,13 @@
 //!   from the `endpoint-load-metrics-bin` trailer (vendored public proto);
 //! - [`heartbeat`]: the agent → coordinator heartbeat protocol carried on persistent QUIC streams: framing
 //!   (magic, version, length prefix, bincode-2 body), its messages and a bounded, panic-free decoder;
-//! - [`tls`]: the TLS configurations (mutual TLS from a CA, TLS 1.3, ALPN) both QUIC sides build from, and a
-//!   development CA ([`tls::DevPki`]);
 //! - [`demo`]: a small `Echo` service with every call kind, used by examples, benchmarks and tests;
 //! - [`etcd`]: the subset of etcd's v3 API used for membership (KV, Watch, Lease; a vendored subset of etcd's
 //!   public protos) and the JSON record an endpoint's key holds ([`etcd::EndpointRecord`]).
 //!
-//! What it does not touch: sockets, QUIC, clocks, tasks (`tls` builds rustls configurations; each side wraps
-//! them for quinn). Encoding and decoding are pure functions over bytes;
-//! the agent and the coordinator own the streams.
+//! What it does not touch: sockets, QUIC, clocks, tasks, TLS (the QUIC sides' TLS configurations are
+//! `lateral-ops`'s `tls`). Encoding and decoding are pure functions over bytes; the agent and the coordinator
+//! own the streams.
 //!
 //! Code generation uses protox, so building needs no system `protoc`.
 #![warn(missing_docs)]
@@ -23,7 +21,6 @@
 
 pub mod etcd;
 pub mod heartbeat;
-pub mod tls;
 
 /// The coordinator API, `lateral.v1`.
 #[allow(missing_docs, clippy::all)]
@@ -44,4 +41,15 @@ pub mod orca {
 #[allow(missing_docs, clippy::all)]
 pub mod demo {
     tonic::include_proto!("lateral.demo.v1");
+}
+
+/// The URI a gRPC client dials for a configured address: `host:port` becomes `http://host:port`; anything
+/// with a scheme is kept. Endpoint addresses, agent-registered records and etcd URLs all go through it, in
+/// the client and in the coordinator alike.
+pub fn grpc_uri(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
 }

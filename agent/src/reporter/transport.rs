@@ -1,8 +1,8 @@
-//! The quinn server configuration: TLS from [`lateral_proto::tls`], keep-alive, idle timeout, tight limits.
+//! The quinn server configuration: TLS from [`lateral_ops::tls`], keep-alive, idle timeout, tight limits.
 
 use std::sync::Arc;
 
-use lateral_proto::tls::{self, TlsMode};
+use lateral_ops::tls::{self, TlsMode};
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 

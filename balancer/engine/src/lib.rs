@@ -2,7 +2,7 @@
 //!
 //! What this crate owns: turning load reports into weight shares, decision records and alerts, and the
 //! simulator that drives it on simulated backends (feature `sim`). What it does not: any I/O — the
-//! coordinator (`lateral-balancer`'s `coordinator`) receives heartbeats, reads the clock, calls the engine and
+//! coordinator (`lateral-coordinator`) receives heartbeats, reads the clock, calls the engine and
 //! publishes its tables. It depends on `serde` and `thiserror` only (`rand` with `sim`); the crate's
 //! `clippy.toml` refuses clock reads in it.
 //!

@@ -1,5 +1,5 @@
 //! The reference article's test plan, run through the deterministic simulator (simulated time, no sleeping).
-//! Each test prints what it measured (`cargo test -p lateral-balancer --test engine_scenarios -- --nocapture`).
+//! Each test prints what it measured (`cargo test -p lateral-engine --test engine_scenarios -- --nocapture`).
 
 #![allow(clippy::disallowed_methods)] // a test needs an Instant to start from
 

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lateral_balancer::coordinator::CoordinatorConfig;
-use lateral_balancer::coordinator::config::{EndpointConfig, ServiceConfig, TlsConfig};
-use lateral_proto::tls::DevPki;
+use lateral_coordinator::CoordinatorConfig;
+use lateral_coordinator::config::{EndpointConfig, ServiceConfig, TlsConfig};
+use lateral_ops::tls::DevPki;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 

@@ -37,8 +37,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use lateral_balancer::client::Balancer;
-use lateral_balancer::coordinator::Coordinator;
+use lateral_balancer::Balancer;
+use lateral_coordinator::Coordinator;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::time::Instant;

@@ -17,8 +17,8 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use lateral_balancer::client::GroupStats;
-use lateral_balancer::client::hashing::{DEFAULT_TABLE_SIZE, measure_disruption};
+use lateral_balancer::GroupStats;
+use lateral_balancer::hashing::{DEFAULT_TABLE_SIZE, measure_disruption};
 
 use super::run::{BUCKET_S, RunResult, convergence};
 use super::scenario::{Action, Scenario};

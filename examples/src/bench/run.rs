@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use lateral_balancer::client::{Group, GroupStats};
+use lateral_balancer::{Group, GroupStats};
 use lateral_proto::demo::EchoRequest;
 use lateral_proto::demo::echo_client::EchoClient;
 use tokio::task::JoinSet;

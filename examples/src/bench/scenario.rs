@@ -137,7 +137,7 @@ pub enum KeyDistribution {
     Uniform,
 }
 
-/// `zone_policy = { ... }`: the fields of `lateral_balancer::client::ZonePolicy`, each optional.
+/// `zone_policy = { ... }`: the fields of `lateral_balancer::ZonePolicy`, each optional.
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZonePolicyModel {
@@ -155,9 +155,9 @@ pub struct ZonePolicyModel {
 
 impl ZonePolicyModel {
     /// The balancer's policy: the given fields over its defaults.
-    pub fn policy(&self) -> lateral_balancer::client::ZonePolicy {
-        let d = lateral_balancer::client::ZonePolicy::default();
-        lateral_balancer::client::ZonePolicy {
+    pub fn policy(&self) -> lateral_balancer::ZonePolicy {
+        let d = lateral_balancer::ZonePolicy::default();
+        lateral_balancer::ZonePolicy {
             spill_below_healthy: self.spill_below_healthy.unwrap_or(d.spill_below_healthy),
             return_at_healthy: self.return_at_healthy.unwrap_or(d.return_at_healthy),
             spill_at_utilization: self.spill_at_utilization.unwrap_or(d.spill_at_utilization),
@@ -667,8 +667,8 @@ impl Scenario {
     fn engine_config_from(
         &self,
         table: &toml::Table,
-    ) -> Result<lateral_balancer::engine::EngineConfig, String> {
-        let config: lateral_balancer::engine::EngineConfig = toml::Value::Table(table.clone())
+    ) -> Result<lateral_coordinator::engine::EngineConfig, String> {
+        let config: lateral_coordinator::engine::EngineConfig = toml::Value::Table(table.clone())
             .try_into()
             .map_err(|e: toml::de::Error| e.to_string())?;
         config.validate().map_err(|e| e.to_string())?;
@@ -676,7 +676,7 @@ impl Scenario {
     }
 
     /// The engine configuration lateral's coordinators use.
-    pub fn engine_config(&self) -> lateral_balancer::engine::EngineConfig {
+    pub fn engine_config(&self) -> lateral_coordinator::engine::EngineConfig {
         self.engine
             .as_ref()
             .and_then(|t| self.engine_config_from(t).ok())

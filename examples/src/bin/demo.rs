@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use lateral_balancer::client::Balancer;
-use lateral_balancer::coordinator::config::{EndpointConfig, ServiceConfig, TlsConfig};
-use lateral_balancer::coordinator::{Coordinator, CoordinatorConfig};
+use lateral_balancer::Balancer;
+use lateral_coordinator::config::{EndpointConfig, ServiceConfig, TlsConfig};
+use lateral_coordinator::{Coordinator, CoordinatorConfig};
 use lateral_examples::backend::{Backend, BackendSpec};
+use lateral_ops::tls::DevPki;
 use lateral_proto::coordinator::{EndpointState, WeightSnapshot};
 use lateral_proto::demo::EchoRequest;
 use lateral_proto::demo::echo_client::EchoClient;
-use lateral_proto::tls::DevPki;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

@@ -24,9 +24,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use lateral_balancer::coordinator::Coordinator;
+use lateral_coordinator::Coordinator;
 use lateral_examples::ingest_agents::{self, AgentsChild, cpu_seconds, rss_kib};
-use lateral_proto::tls::DevPki;
+use lateral_ops::tls::DevPki;
 
 #[derive(Debug, Parser)]
 struct Args {

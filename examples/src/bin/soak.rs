@@ -25,9 +25,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use lateral_balancer::coordinator::{Coordinator, IngestStats};
+use lateral_coordinator::{Coordinator, IngestStats};
 use lateral_examples::ingest_agents::{self, AgentsChild, rss_kib};
-use lateral_proto::tls::DevPki;
+use lateral_ops::tls::DevPki;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 

@@ -1,9 +1,9 @@
-//! `lateral_proto::tls`: configurations build from a `DevPki`, handshakes (in memory, plain rustls) succeed
+//! `lateral_ops::tls`: configurations build from a `DevPki`, handshakes (in memory, plain rustls) succeed
 //! between peers of one CA and fail across CAs, and bad material gives errors that name the source.
 
 use std::sync::Arc;
 
-use lateral_proto::tls::{self, DevPki, TlsError, TlsFiles, TlsMode, TlsPem};
+use lateral_ops::tls::{self, DevPki, TlsError, TlsFiles, TlsMode, TlsPem};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 

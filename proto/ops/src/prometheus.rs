@@ -5,24 +5,26 @@
 use std::fmt::Write as _;
 
 /// The `Content-Type` of the text format.
-pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A family's type.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Kind {
+pub enum Kind {
+    /// Only grows (resets when the process restarts).
     Counter,
+    /// Goes up and down.
     Gauge,
 }
 
 /// Accumulates exposition text.
 #[derive(Debug, Default)]
-pub(crate) struct TextWriter {
+pub struct TextWriter {
     out: String,
 }
 
 impl TextWriter {
     /// Starts a family: its HELP and TYPE lines.
-    pub(crate) fn family(&mut self, name: &str, kind: Kind, help: &str) {
+    pub fn family(&mut self, name: &str, kind: Kind, help: &str) {
         let kind = match kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
@@ -33,7 +35,7 @@ impl TextWriter {
     }
 
     /// One sample of the current family.
-    pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');
@@ -54,7 +56,7 @@ impl TextWriter {
     }
 
     /// The text.
-    pub(crate) fn finish(self) -> String {
+    pub fn finish(self) -> String {
         self.out
     }
 }

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::ingest::IngestStats;
 use crate::engine::{EndpointState, LoadReport, WeightTable};
-use crate::telemetry::prometheus::{Kind, TextWriter};
+use lateral_ops::prometheus::{Kind, TextWriter};
 
 /// Every endpoint state, in the order the one-hot gauge lists them.
 const STATES: [EndpointState; 6] = [

@@ -373,7 +373,7 @@ fn check_etcd_url(url: &str) -> Result<(), String> {
 }
 
 fn check_grpc_address(address: &str) -> Result<(), String> {
-    let uri: http::Uri = normalise_grpc_address(address)
+    let uri: http::Uri = lateral_proto::grpc_uri(address)
         .parse()
         .map_err(|e| format!("a URI like http://127.0.0.1:50051, found `{address}` ({e})"))?;
     match (uri.scheme_str(), uri.authority()) {
@@ -381,15 +381,6 @@ fn check_grpc_address(address: &str) -> Result<(), String> {
         _ => Err(format!(
             "a URI with scheme http or https, a host and a port, like http://127.0.0.1:50051; found `{address}`"
         )),
-    }
-}
-
-/// `host:port` → `http://host:port`; URIs pass unchanged.
-pub fn normalise_grpc_address(address: &str) -> String {
-    if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
     }
 }
 

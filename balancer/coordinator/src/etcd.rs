@@ -10,32 +10,24 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
+use lateral_ops::etcd::{Backoff, EtcdError, connect, timed};
 use lateral_proto::etcd::etcdserverpb::kv_client::KvClient;
 use lateral_proto::etcd::etcdserverpb::watch_client::WatchClient;
 use lateral_proto::etcd::etcdserverpb::watch_request::RequestUnion;
 use lateral_proto::etcd::etcdserverpb::{RangeRequest, WatchCreateRequest, WatchRequest};
 use lateral_proto::etcd::mvccpb::{self, event::EventType};
 use lateral_proto::etcd::{EndpointRecord, prefix_range_end};
-use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
 
-use super::config::{EndpointConfig, EtcdSourceConfig, normalise_grpc_address};
+use super::config::{EndpointConfig, EtcdSourceConfig};
 use super::driver::{Command, EndpointSource};
 use super::metrics::CoordinatorMetrics;
 use crate::Error;
 
 /// The most endpoints one source reports (keys beyond it are ignored, with a warning).
 pub const MAX_ENDPOINTS: usize = 10_000;
-
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// Runs the source until the driver goes away.
 pub(crate) async fn run(
@@ -54,9 +46,8 @@ pub(crate) async fn run(
         reported: None,
         metrics,
     };
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     let mut first_url = 0usize;
-    let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
     loop {
         let outcome = session
             .run(&config.endpoints, first_url, &mut backoff)
@@ -64,16 +55,14 @@ pub(crate) async fn run(
         match outcome {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(service = %session.service, %prefix, error = %e, retry_in_ms = backoff.as_millis() as u64, "etcd source: keeping the last endpoints and retrying");
+                tracing::warn!(service = %session.service, %prefix, error = %e, retry_in_ms = backoff.step().as_millis() as u64, "etcd source: keeping the last endpoints and retrying");
                 session
                     .metrics
                     .on_source(&session.service, &session.source.label(), false);
             }
         }
         first_url = first_url.wrapping_add(1);
-        let jittered = backoff.mul_f64(rng.random_range(0.5..=1.0));
-        tokio::time::sleep(jittered).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(backoff.next_wait()).await;
     }
 }
 
@@ -93,13 +82,13 @@ impl Session {
         &mut self,
         urls: &[String],
         first: usize,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Result<(), Error> {
         let channel = connect(urls, first).await?;
         let prefix = self.members.prefix.clone();
         let range_end = prefix_range_end(&prefix);
-        let listed = tokio::time::timeout(
-            REQUEST_TIMEOUT,
+        let listed = timed(
+            "Range",
             KvClient::new(channel.clone()).range(RangeRequest {
                 key: prefix.clone(),
                 range_end: range_end.clone(),
@@ -107,17 +96,14 @@ impl Session {
                 ..Default::default()
             }),
         )
-        .await
-        .map_err(|_| call_error("Range", "timed out"))?
-        .map_err(|s| call_error("Range", s.message()))?
-        .into_inner();
+        .await?;
         let revision = listed.header.map_or(0, |h| h.revision);
         if listed.more || listed.kvs.len() > MAX_ENDPOINTS {
             tracing::warn!(service = %self.service, count = listed.count, limit = MAX_ENDPOINTS, "etcd source: more keys than the limit; the rest are ignored");
         }
         let kvs = listed.kvs.into_iter().take(MAX_ENDPOINTS);
         self.members.replace_all(kvs.map(|kv| (kv.key, kv.value)));
-        *backoff = BACKOFF_MIN;
+        backoff.reset();
         self.metrics
             .on_source(&self.service, &self.source.label(), true);
         if !self.report().await {
@@ -138,14 +124,11 @@ impl Session {
             .send(create)
             .await
             .map_err(|_| call_error("Watch", "request stream closed"))?;
-        let mut responses = tokio::time::timeout(
-            REQUEST_TIMEOUT,
+        let mut responses = timed(
+            "Watch",
             WatchClient::new(channel).watch(ReceiverStream::new(request_rx)),
         )
-        .await
-        .map_err(|_| call_error("Watch", "timed out"))?
-        .map_err(|s| call_error("Watch", s.message()))?
-        .into_inner();
+        .await?;
         loop {
             let response = responses
                 .message()
@@ -196,38 +179,7 @@ impl Session {
 }
 
 fn call_error(call: &'static str, detail: &str) -> Error {
-    Error::Etcd {
-        call,
-        detail: detail.to_string(),
-    }
-}
-
-/// Dials the URLs in turn from `first`; the first that connects wins.
-async fn connect(urls: &[String], first: usize) -> Result<Channel, Error> {
-    let mut failures = Vec::new();
-    for k in 0..urls.len() {
-        let url = &urls[(first + k) % urls.len()];
-        let endpoint = match Endpoint::from_shared(normalise_grpc_address(url)) {
-            Ok(e) => e,
-            Err(e) => {
-                failures.push(format!("{url}: {e}"));
-                continue;
-            }
-        };
-        let endpoint = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE)
-            .keep_alive_timeout(KEEPALIVE)
-            .keep_alive_while_idle(true);
-        match endpoint.connect().await {
-            Ok(channel) => return Ok(channel),
-            Err(e) => failures.push(format!("{url}: {e}")),
-        }
-    }
-    Err(call_error(
-        "connect",
-        &format!("no URL reachable: {}", failures.join("; ")),
-    ))
+    EtcdError::new(call, detail).into()
 }
 
 /// The valid records under a prefix, by key. Pure: fed keys and values, it says what the endpoint set is.

@@ -11,7 +11,7 @@ use lateral_proto::coordinator::{self as pb, WeightSnapshot};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::config::{CoordinatorConfig, EndpointConfig, ServiceConfig, normalise_grpc_address};
+use super::config::{CoordinatorConfig, EndpointConfig, ServiceConfig};
 use super::decision_log::DecisionLog;
 use super::ingest::{self, IngestEvent, IngestKind, IngestSettings};
 use super::metrics::CoordinatorMetrics;
@@ -605,7 +605,7 @@ fn add_endpoint(
         now,
         EndpointSpec {
             id: config.id.clone(),
-            address: normalise_grpc_address(&config.address),
+            address: lateral_proto::grpc_uri(&config.address),
             zone: config.zone.clone(),
             labels: config.labels.clone(),
             static_weight: config.static_weight,

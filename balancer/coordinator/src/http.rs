@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use super::CoordinatorHandle;
 use super::metrics::ServiceView;
 use crate::Error;
-use crate::telemetry::prometheus::CONTENT_TYPE;
+use lateral_ops::prometheus::CONTENT_TYPE;
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 256;

@@ -2,15 +2,16 @@
 //!
 //! The format is the W3C Trace Context recommendation (<https://www.w3.org/TR/trace-context/>):
 //! `traceparent: 00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>`. Parsing and formatting are
-//! `opentelemetry_sdk`'s `TraceContextPropagator`; this module only adapts header maps to it and ties it to the
-//! current `tracing` span.
+//! the process's global OpenTelemetry propagator (`opentelemetry_sdk`'s `TraceContextPropagator`, which
+//! [`crate::otlp::init_tracing`] installs; an application that sets up OpenTelemetry itself installs its own);
+//! this module only adapts header maps to it and ties it to the current `tracing` span, so that a client built
+//! with feature `propagation` alone needs the OpenTelemetry API and not the SDK.
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use opentelemetry::Context;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TraceContextExt as _;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Reads `traceparent` / `tracestate` from headers.
@@ -42,20 +43,27 @@ impl Injector for HeaderInjector<'_> {
 
 /// The remote parent carried by `headers`, if any (an empty context otherwise).
 pub fn extract(headers: &HeaderMap) -> Context {
-    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
 }
 
 /// Writes `cx`'s span into `headers`; does nothing when `cx` has no valid span (so an incoming
 /// `traceparent` is forwarded unchanged when this process does not trace).
 pub fn inject(cx: &Context, headers: &mut HeaderMap) {
     if cx.span().span_context().is_valid() {
-        TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(cx, &mut HeaderInjector(headers));
+        });
     }
+}
+
+/// Writes `span`'s OpenTelemetry context into `headers` (see [`inject`]).
+pub fn inject_span(span: &tracing::Span, headers: &mut HeaderMap) {
+    inject(&span.context(), headers);
 }
 
 /// Writes the current `tracing` span's OpenTelemetry context into `headers` (see [`inject`]).
 pub fn inject_current(headers: &mut HeaderMap) {
-    inject(&tracing::Span::current().context(), headers);
+    inject_span(&tracing::Span::current(), headers);
 }
 
 /// Makes the remote parent in `headers` (if any) the parent of `span`. Call before the span is entered.
@@ -73,6 +81,9 @@ mod tests {
 
     #[test]
     fn a_traceparent_round_trips() {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
         let mut headers = HeaderMap::new();
         headers.insert(
             "traceparent",

@@ -46,7 +46,7 @@ pub(crate) struct EndpointHandle {
 impl EndpointHandle {
     /// Creates the handle and its lazily-connected channel (nothing is dialed until the first request).
     pub(crate) fn new(id: &str, address: &str, picks: Arc<AtomicU64>) -> Result<Self, Error> {
-        let uri = normalize_address(address);
+        let uri = lateral_proto::grpc_uri(address);
         let endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| Error::Config {
             source_name: "endpoint list".into(),
             field: format!("endpoints.{id}.address"),
@@ -119,14 +119,5 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// `host:port` becomes `http://host:port`; anything with a scheme is kept.
-pub(crate) fn normalize_address(address: &str) -> String {
-    if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
     }
 }

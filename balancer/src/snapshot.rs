@@ -262,7 +262,7 @@ impl Policy {
                 tracing::warn!(%service, endpoint = %ew.id, "duplicate endpoint id in a weight snapshot; first kept");
                 continue;
             }
-            let address = super::endpoints::normalize_address(&ew.address);
+            let address = lateral_proto::grpc_uri(&ew.address);
             let handle = match old.remove(&ew.id) {
                 Some(h) if ew.address.is_empty() || h.address() == address => h,
                 previous => {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use lateral_balancer::coordinator::{Coordinator, CoordinatorConfig};
+use lateral_coordinator::{Coordinator, CoordinatorConfig};
 
 const AFTER_HELP: &str = "\
 EXAMPLES:
@@ -73,7 +73,7 @@ struct Args {
 }
 
 impl Args {
-    fn load(&self) -> Result<CoordinatorConfig, lateral_balancer::Error> {
+    fn load(&self) -> Result<CoordinatorConfig, lateral_coordinator::Error> {
         let mut config = CoordinatorConfig::load(&self.config)?;
         if let Some(addr) = self.grpc_listen {
             config.listen.grpc = Some(addr);
@@ -100,12 +100,12 @@ impl Args {
 
 /// Logs on stderr (RUST_LOG) and, with an OTLP endpoint in [telemetry] or OTEL_EXPORTER_OTLP_ENDPOINT,
 /// spans to the collector.
-fn init_telemetry(args: &Args) -> lateral_balancer::telemetry::Telemetry {
+fn init_telemetry(args: &Args) -> lateral_coordinator::telemetry::Telemetry {
     // The file is read again below with full validation; here only [telemetry] matters.
     let config = CoordinatorConfig::load(&args.config)
         .map(|c| c.telemetry)
         .unwrap_or_default();
-    match lateral_balancer::telemetry::init_tracing(
+    match lateral_coordinator::telemetry::init_tracing(
         "lateral-coordinator",
         &config,
         "RUST_LOG",
@@ -113,18 +113,8 @@ fn init_telemetry(args: &Args) -> lateral_balancer::telemetry::Telemetry {
     ) {
         Ok(telemetry) => telemetry,
         Err(e) => {
-            // Tracing export is never a reason not to balance: log without it.
-            let _ = lateral_balancer::telemetry::init_tracing(
-                "lateral-coordinator",
-                &lateral_balancer::telemetry::TelemetryConfig {
-                    otlp_endpoint: None,
-                    ..Default::default()
-                },
-                "RUST_LOG",
-                args.log_json,
-            );
-            tracing::warn!(error = %e, "OTLP trace export disabled");
-            lateral_balancer::telemetry::Telemetry::default()
+            eprintln!("lateral-coordinator: {e}");
+            lateral_coordinator::telemetry::Telemetry::default()
         }
     }
 }
@@ -141,7 +131,7 @@ async fn main() -> ExitCode {
         }
     };
     if args.check {
-        if let Err(e) = lateral_balancer::coordinator::check_tls(&config) {
+        if let Err(e) = lateral_coordinator::check_tls(&config) {
             eprintln!("lateral-coordinator: {}: {e}", args.config.display());
             return ExitCode::from(2);
         }

@@ -163,8 +163,9 @@ impl Builder {
     /// clone of the balancer. `config` should name this balancer's service; its gRPC listener is turned off
     /// unless `config.listen.grpc` is set on purpose (then other clients may watch it too). Must be called
     /// inside a tokio runtime.
-    pub fn embedded(self, config: crate::coordinator::CoordinatorConfig) -> Self {
-        let (feed, guard) = crate::coordinator::spawn_embedded(config, &self.service);
+    #[cfg(feature = "embedded")]
+    pub fn embedded(self, config: lateral_coordinator::CoordinatorConfig) -> Self {
+        let (feed, guard) = lateral_coordinator::spawn_embedded(config, &self.service);
         self.weights_feed(feed).attach(guard)
     }
 

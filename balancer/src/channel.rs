@@ -207,7 +207,8 @@ impl Inner {
 
         let span = tracing::Span::current();
         if !span.is_disabled() {
-            crate::telemetry::propagation::inject_current(&mut parts.headers);
+            #[cfg(feature = "otel")]
+            lateral_ops::propagation::inject_current(&mut parts.headers);
         }
         let key = self
             .hash_key

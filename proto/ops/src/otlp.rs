@@ -1,5 +1,4 @@
-//! Observability plumbing shared by the coordinator and the client: OTLP trace export, W3C trace context, and
-//! a tiny Prometheus text writer.
+//! OTLP trace export and the process's `tracing` subscriber (feature `otlp`).
 //!
 //! - [`init_tracing`] installs the process-wide `tracing` subscriber: human (or JSON) logs on stderr and, when
 //!   an OTLP endpoint is configured, a [`tracing_opentelemetry`] layer whose spans go to an OTLP collector over
@@ -11,13 +10,11 @@
 //! - Export never blocks a request: finished spans go into a bounded queue (`max_queue_size`, default 2048) with
 //!   `try_send`; when the queue is full the span is dropped and counted, and a dead collector costs one
 //!   logged warning per failed export batch, nothing more.
-//! - [`propagation`]: W3C `traceparent` / `tracestate` extraction and injection on `http::HeaderMap`s.
+//! - W3C `traceparent` / `tracestate` on `http::HeaderMap`s is [`crate::propagation`]; [`init_tracing`] installs
+//!   its propagator.
 //!
 //! What this module does not own: which spans exist. The coordinator's driver, the client and the agent create
 //! their own spans with `tracing`; this module only decides where they go.
-
-pub(crate) mod prometheus;
-pub mod propagation;
 
 use std::time::Duration;
 
@@ -80,8 +77,8 @@ impl TelemetryConfig {
             .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
     }
 
-    /// Checks what the types cannot.
-    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks what the types cannot: `Err((field, expected))` names the offending `telemetry.*` field.
+    pub fn validate(&self) -> Result<(), (String, String)> {
         if let Some(endpoint) = &self.otlp_endpoint {
             let ok = endpoint
                 .parse::<http::Uri>()
@@ -156,7 +153,10 @@ pub fn tracer_provider(
         .with_endpoint(endpoint.clone())
         .with_timeout(timeout)
         .build()
-        .map_err(|e| Error::Transport(format!("OTLP exporter for {endpoint}: {e}")))?;
+        .map_err(|e| Error::Exporter {
+            endpoint: endpoint.clone(),
+            detail: e.to_string(),
+        })?;
     let mut batch = opentelemetry_sdk::trace::BatchConfigBuilder::default();
     if let Some(ms) = config.schedule_delay_ms {
         batch = batch.with_scheduled_delay(Duration::from_millis(ms.max(1)));
@@ -191,6 +191,7 @@ pub fn tracer_provider(
 
 /// Installs the global `tracing` subscriber: logs on stderr filtered by `log_filter_var` (default `info`), as
 /// JSON lines with `json`, plus OTLP export of `info`-and-above spans when configured (see the module docs).
+/// An exporter that cannot be built (a bad endpoint) is logged as a warning and export stays off.
 /// Also sets the global OpenTelemetry tracer provider and the W3C propagator. Call once, inside a tokio
 /// runtime; a second call leaves the first subscriber in place and returns an error.
 pub fn init_tracing(
@@ -210,7 +211,11 @@ pub fn init_tracing(
     } else {
         fmt.with_filter(filter).boxed()
     };
-    let provider = tracer_provider(default_service_name, config)?;
+    // A broken exporter configuration is never a reason not to run: logs go on without export.
+    let (provider, problem) = match tracer_provider(default_service_name, config) {
+        Ok(p) => (p, None),
+        Err(e) => (None, Some(e)),
+    };
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("lateral"))
@@ -220,12 +225,17 @@ pub fn init_tracing(
         .with(fmt)
         .with(otel)
         .try_init()
-        .map_err(|e| Error::Transport(format!("a tracing subscriber is already installed: {e}")))?;
+        .map_err(|e| Error::SubscriberInstalled(e.to_string()))?;
+    if let Some(e) = problem {
+        tracing::warn!(error = %e, "OTLP trace export disabled");
+    }
+    // The W3C propagator is installed whether or not spans are exported, so that `crate::propagation`
+    // reads and writes `traceparent` the same way in every process.
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
     if let Some(p) = &provider {
         opentelemetry::global::set_tracer_provider(p.clone());
-        opentelemetry::global::set_text_map_propagator(
-            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-        );
         tracing::info!(
             endpoint = config.resolved_endpoint().as_deref().unwrap_or(""),
             "exporting spans over OTLP/gRPC"

@@ -9,7 +9,7 @@
 //! quinn configurations itself:
 //!
 //! ```ignore
-//! use lateral_proto::tls::{self, TlsMode};
+//! use lateral_ops::tls::{self, TlsMode};
 //! // agent (server)
 //! let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(&mode)?)?;
 //! let server = quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto));

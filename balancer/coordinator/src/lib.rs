@@ -1,4 +1,4 @@
-//! The coordinator: the I/O shell around the [`crate::engine`].
+//! Lateral's coordinator: the I/O shell around the weight engine ([`engine`], the crate `lateral-engine`).
 //!
 //! It knows each service's endpoints (static configuration or DNS names re-resolved periodically), dials every
 //! endpoint's agent over QUIC with mutual TLS ([`ingest`]), stamps every heartbeat with its own monotonic receive
@@ -10,12 +10,20 @@
 //! JSON feed (see `http.rs`).
 //!
 //! The driver is the only code that reads a clock, and it reads tokio's, so tests with paused time drive it.
+//!
+//! It runs as the binary `lateral-coordinator` (a sidecar on each client node, or a central control plane)
+//! or embedded in a client process (`lateral-balancer`'s default `embedded` feature, [`spawn_embedded`]).
+//! What it does not touch: picking endpoints per request (that is `lateral-balancer`), measuring backends
+//! (`lateral-agent`), and the wire formats (`lateral-proto`).
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod config;
 mod decision_log;
 mod dns;
 mod driver;
 pub mod embedded;
+mod error;
 mod etcd;
 mod http;
 mod ingest;
@@ -35,13 +43,17 @@ pub use config::CoordinatorConfig;
 pub use decision_log::DecisionLog;
 pub use driver::WeightsReceiver;
 pub use embedded::{EmbeddedGuard, spawn_embedded};
+pub use error::Error;
 #[doc(hidden)]
 pub use etcd::fuzz_membership;
 pub use ingest::IngestStats;
+#[doc(inline)]
+pub use lateral_engine as engine;
+/// OTLP export and the `tracing` subscriber the binary installs (`lateral-ops`'s `otlp`).
+pub use lateral_ops::otlp as telemetry;
 pub use metrics::CoordinatorMetrics;
 pub use service::CoordinatorService;
 
-use crate::Error;
 use driver::{Command, Driver};
 
 /// How many decisions (and alerts) the in-memory log keeps.
@@ -272,8 +284,8 @@ async fn serve_grpc(
     Ok((local, task, stop))
 }
 
-fn tls_mode(config: &CoordinatorConfig) -> Result<lateral_proto::tls::TlsMode, Error> {
-    use lateral_proto::tls::{TlsFiles, TlsMode, TlsPem};
+fn tls_mode(config: &CoordinatorConfig) -> Result<lateral_ops::tls::TlsMode, Error> {
+    use lateral_ops::tls::{TlsFiles, TlsMode, TlsPem};
     let tls = &config.tls;
     if tls.insecure_dev {
         return Ok(TlsMode::InsecureDev);
@@ -313,7 +325,7 @@ fn tls_mode(config: &CoordinatorConfig) -> Result<lateral_proto::tls::TlsMode, E
 }
 
 fn quic_client_config(config: &CoordinatorConfig) -> Result<(quinn::ClientConfig, String), Error> {
-    let rustls_config = lateral_proto::tls::client_config(&tls_mode(config)?)
+    let rustls_config = lateral_ops::tls::client_config(&tls_mode(config)?)
         .map_err(|e| Error::Transport(format!("TLS for QUIC: {e}")))?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_config)
         .map_err(|e| Error::Transport(format!("TLS for QUIC: {e}")))?;
@@ -326,7 +338,7 @@ fn quic_client_config(config: &CoordinatorConfig) -> Result<(quinn::ClientConfig
         .tls
         .server_name
         .clone()
-        .unwrap_or_else(|| lateral_proto::tls::DEFAULT_SERVER_NAME.to_string());
+        .unwrap_or_else(|| lateral_ops::tls::DEFAULT_SERVER_NAME.to_string());
     Ok((client, server_name))
 }
 
