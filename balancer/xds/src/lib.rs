@@ -51,21 +51,34 @@
 //! static weights, and so does this encoding: every endpoint with a static weight above zero is published
 //! `HEALTHY`.
 //!
+//! # Features
+//! `server` (default): everything above. Without it only [`XdsConfig`] and [`Error`] compile, so the
+//! coordinator parses and validates its `[xds]` table without building Envoy's protos.
+//!
 //! Endpoint addresses must be IP literals (`http://10.0.0.1:50051`, `10.0.0.1:50051`): Envoy does not
 //! resolve EDS host names. An endpoint whose address is a host name is left out and logged.
 #![warn(missing_docs)]
 
+#[cfg(feature = "server")]
 pub mod catalog;
 mod config;
 mod error;
+#[cfg(feature = "server")]
 pub mod publisher;
+#[cfg(feature = "server")]
 pub mod resources;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod stream;
 
+#[cfg(feature = "server")]
 pub use catalog::Catalog;
 pub use config::XdsConfig;
 pub use error::Error;
+#[cfg(feature = "server")]
 pub use publisher::{Publisher, WeightsReceiver};
+#[cfg(feature = "server")]
 pub use resources::TypeUrl;
+#[cfg(feature = "server")]
 pub use server::XdsServer;
