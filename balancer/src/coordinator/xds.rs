@@ -12,13 +12,6 @@ use crate::Error;
 
 /// Checks `listen.xds` and `[xds]` (the field that is wrong, what it must hold).
 pub(crate) fn validate(config: &CoordinatorConfig) -> Result<(), (String, String)> {
-    if config.listen.xds.is_some() && !cfg!(feature = "xds") {
-        return Err((
-            "listen.xds".into(),
-            "unset: this coordinator was built without the `xds` feature (cargo build --features xds)"
-                .into(),
-        ));
-    }
     if config.listen.xds.is_none() && !config.xds.listeners.is_empty() {
         return Err((
             "listen.xds".into(),
@@ -30,9 +23,18 @@ pub(crate) fn validate(config: &CoordinatorConfig) -> Result<(), (String, String
         .xds
         .validate(config.services.iter().map(|s| s.name.as_str()))
     {
-        Err(lateral_xds::Error::Config { field, expected }) => Err((field, expected)),
-        Err(other) => Err(("xds".into(), other.to_string())),
-        Ok(()) => Ok(()),
+        Err(lateral_xds::Error::Config { field, expected }) => return Err((field, expected)),
+        Err(other) => return Err(("xds".into(), other.to_string())),
+        Ok(()) => {}
+    }
+    if config.listen.xds.is_some() && !cfg!(feature = "xds") {
+        Err((
+            "listen.xds".into(),
+            "unset: this coordinator was built without the `xds` feature (cargo build --features xds)"
+                .into(),
+        ))
+    } else {
+        Ok(())
     }
 }
 
