@@ -488,6 +488,13 @@ async fn envoy_follows_published_shares_ejection_and_outlives_the_coordinator() 
             seen.get("a").is_some_and(|n| *n > 0) && seen.get("b").is_some_and(|n| *n > 0),
             "{seen:?}"
         );
+        // Envoy accepted every resource it was sent: it logs each rejection (a NACK) as "... rejected: ...".
+        let log = std::fs::read_to_string(dir.0.join("envoy.log")).unwrap_or_default();
+        let rejected: Vec<&str> = log.lines().filter(|l| l.contains("rejected")).collect();
+        assert!(
+            rejected.is_empty(),
+            "Envoy rejected xDS resources: {rejected:#?}"
+        );
         drop((a, b, c_server));
     };
     if tokio::time::timeout(Duration::from_secs(120), test)
