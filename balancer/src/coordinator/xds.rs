@@ -2,8 +2,10 @@
 //! configured service's weights (the same receivers `WatchWeights` streams from) become LDS/RDS/CDS/EDS for
 //! Envoy and gRPC xDS clients. Everything about xDS itself lives in that crate; this file only connects it.
 //!
-//! The services are those configured at start; like the listen addresses, adding one by reload needs a
-//! restart to reach xDS. Built without the `xds` feature, a configuration with `listen.xds` is refused.
+//! The services are those configured at start; like the listen addresses, a service added by reload needs a
+//! restart to reach xDS, and one removed by reload stays published with its last weights until then (the
+//! publisher keeps a service's last snapshot when its receiver closes, so a stopping coordinator never pushes
+//! an empty configuration). Built without the `xds` feature, a configuration with `listen.xds` is refused.
 
 use std::net::SocketAddr;
 
