@@ -179,4 +179,31 @@ mod tests {
         );
         assert!(!catalog.has_changed().unwrap());
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_coordinator_leaves_the_last_resources_published() {
+        let (weights, rx) = watch::channel(snapshot(1, 0.75));
+        let publisher = Publisher::spawn(XdsConfig::default(), vec![("greeter".into(), rx)]);
+        let mut catalog = publisher.catalog();
+        catalog.changed().await.unwrap();
+        drop(weights);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            !catalog.has_changed().unwrap_or(false),
+            "nothing is pushed when the weights close"
+        );
+        let last = catalog.borrow().clone();
+        assert_eq!(
+            last.get(TypeUrl::Endpoints, ListenerShape::Api)
+                .resources
+                .len(),
+            1
+        );
+        assert_eq!(
+            last.get(TypeUrl::Cluster, ListenerShape::Api)
+                .resources
+                .len(),
+            1
+        );
+    }
 }
