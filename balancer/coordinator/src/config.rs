@@ -5,6 +5,10 @@
 //! [listen]
 //! grpc = "127.0.0.1:50100"          # WatchWeights / GetDecisions
 //! http = "127.0.0.1:50101"          # /metrics, dashboard at /, /api/state (default: off)
+//! xds = "127.0.0.1:18000"           # ADS for Envoy and gRPC clients (feature `xds`; default: off)
+//!
+//! [xds]                              # see `lateral_xds::XdsConfig`
+//! listeners = { greeter = 10000 }    # the port Envoy listens on for each service
 //!
 //! [tls]                              # QUIC to the agents: mutual TLS from a CA ...
 //! ca = "certs/ca.pem"
@@ -69,6 +73,9 @@ pub struct CoordinatorConfig {
     /// OTLP trace export and span sampling (see [`crate::telemetry::TelemetryConfig`]).
     #[serde(default)]
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// What the xDS server publishes beyond the weights (Envoy's listener ports, the push interval).
+    #[serde(default)]
+    pub xds: lateral_xds::XdsConfig,
 }
 
 /// Where the coordinator listens.
@@ -81,6 +88,9 @@ pub struct ListenConfig {
     /// Prometheus `/metrics`, the dashboard (`/`) and `/api/state`; `None` (the default): not served.
     #[serde(default)]
     pub http: Option<SocketAddr>,
+    /// xDS (ADS) for Envoy and gRPC xDS clients; `None` (the default): not served.
+    #[serde(default)]
+    pub xds: Option<SocketAddr>,
 }
 
 fn default_grpc_listen() -> Option<SocketAddr> {
@@ -92,6 +102,7 @@ impl Default for ListenConfig {
         Self {
             grpc: default_grpc_listen(),
             http: None,
+            xds: None,
         }
     }
 }
@@ -244,6 +255,8 @@ impl CoordinatorConfig {
             .map_err(|(field, expected)| bad(field, expected))?;
         crate::engine::Engine::new(self.engine.clone())
             .map_err(|e| bad(format!("engine.{}", e.field), e.expected.clone()))?;
+        crate::xds::validate(self)
+            .map_err(|(field, expected)| bad(field, expected))?;
         let tls = &self.tls;
         let files = [
             tls.ca.is_some() || tls.ca_pem.is_some(),

@@ -7,7 +7,8 @@
 //! `lateral.v1.Coordinator/WatchWeights` ([`service`]). Every decision is logged as a structured `tracing` event
 //! (target `lateral::decision`) and kept in a bounded [`DecisionLog`] served by `GetDecisions`.
 //! With `listen.http` set, an HTTP server serves Prometheus metrics ([`metrics`]), a live dashboard and its
-//! JSON feed (see `http.rs`).
+//! JSON feed (see `http.rs`). With `listen.xds` set (feature `xds`), an ADS server publishes the weights to
+//! Envoy and gRPC xDS clients (crate `lateral-xds`, started from `xds.rs`).
 //!
 //! The driver is the only code that reads a clock, and it reads tokio's, so tests with paused time drive it.
 //!
@@ -29,6 +30,7 @@ mod http;
 mod ingest;
 pub mod metrics;
 mod service;
+mod xds;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -128,6 +130,7 @@ pub struct Coordinator {
     driver: JoinHandle<()>,
     grpc: Option<(SocketAddr, JoinHandle<()>, oneshot::Sender<()>)>,
     http: Option<(SocketAddr, JoinHandle<()>, oneshot::Sender<()>)>,
+    xds: Option<xds::XdsTask>,
 }
 
 impl Drop for Coordinator {
@@ -165,6 +168,11 @@ impl Coordinator {
         let services = config.services.iter().map(|s| s.name.clone()).collect();
         let grpc_listen = config.listen.grpc;
         let http_listen = config.listen.http;
+        let xds_settings = (
+            config.listen.xds,
+            config.xds.clone(),
+            config.services.iter().map(|s| s.name.clone()).collect(),
+        );
         let epoch = driver::new_epoch();
         let inbox = driver::Inbox {
             events: event_rx,
@@ -189,11 +197,13 @@ impl Coordinator {
             Some(addr) => Some(http::serve(addr, handle.clone()).await?),
             None => None,
         };
+        let xds = xds::start(&handle, xds_settings.0, xds_settings.1, xds_settings.2).await?;
         Ok(Self {
             handle,
             driver,
             grpc,
             http,
+            xds,
         })
     }
 
@@ -211,6 +221,11 @@ impl Coordinator {
     /// (`listen.http`; port 0 picks a free port).
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(|(addr, _, _)| *addr)
+    }
+
+    /// Where the xDS (ADS) server listens, if it was started (`listen.xds`; port 0 picks a free port).
+    pub fn xds_addr(&self) -> Option<SocketAddr> {
+        self.xds.as_ref().map(xds::XdsTask::addr)
     }
 
     /// See [`CoordinatorHandle::subscribe`].
@@ -240,6 +255,9 @@ impl Coordinator {
 
     /// Stops the gRPC server gracefully and the driver and ingest tasks.
     pub async fn shutdown(mut self) {
+        if let Some(xds) = self.xds.take() {
+            xds.shutdown().await;
+        }
         if let Some((_, task, stop)) = self.http.take() {
             let _ = stop.send(());
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;

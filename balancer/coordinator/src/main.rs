@@ -52,6 +52,9 @@ struct Args {
     /// Listen address for HTTP: Prometheus /metrics, the dashboard at /, /api/state; overrides [listen] http.
     #[arg(long, env = "LATERAL_HTTP_LISTEN", value_name = "ADDR")]
     http_listen: Option<SocketAddr>,
+    /// Listen address for xDS (ADS) to Envoy and gRPC clients (built with feature `xds`); overrides [listen] xds.
+    #[arg(long, env = "LATERAL_XDS_LISTEN", value_name = "ADDR")]
+    xds_listen: Option<SocketAddr>,
     /// CA certificate (PEM) for mutual TLS with agents; overrides [tls] ca.
     #[arg(long, env = "LATERAL_TLS_CA", value_name = "PEM")]
     ca: Option<PathBuf>,
@@ -80,6 +83,9 @@ impl Args {
         }
         if let Some(addr) = self.http_listen {
             config.listen.http = Some(addr);
+        }
+        if let Some(addr) = self.xds_listen {
+            config.listen.xds = Some(addr);
         }
         if self.ca.is_some() {
             config.tls.ca = self.ca.clone();
