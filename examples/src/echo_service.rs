@@ -31,6 +31,7 @@ pub struct Knobs {
     error_rate_ppm: AtomicU32,
     error_latency_us: AtomicU64,
     blackhole: AtomicBool,
+    drip: AtomicBool,
     distribution: ServiceTime,
     slots: Arc<Semaphore>,
     slot_count: u32,
@@ -44,6 +45,7 @@ impl Knobs {
             error_rate_ppm: AtomicU32::new(0),
             error_latency_us: AtomicU64::new(0),
             blackhole: AtomicBool::new(false),
+            drip: AtomicBool::new(false),
             distribution,
             slots: Arc::new(Semaphore::new(slots.max(1) as usize)),
             slot_count: slots.max(1),
@@ -82,6 +84,16 @@ impl Knobs {
     /// Accept requests and never answer them (`true`), or behave (`false`).
     pub fn set_blackhole(&self, on: bool) {
         self.blackhole.store(on, Ordering::Relaxed);
+    }
+
+    /// Answer with headers and then nothing (`true`, see `backend::drip`), or behave (`false`).
+    pub fn set_drip(&self, on: bool) {
+        self.drip.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether [`Knobs::set_drip`] is on.
+    pub fn dripping(&self) -> bool {
+        self.drip.load(Ordering::Relaxed)
     }
 }
 

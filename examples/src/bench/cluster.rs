@@ -79,6 +79,11 @@ impl Cluster {
         })
     }
 
+    /// The dev CA the backends' agents and the coordinators share.
+    pub fn pki(&self) -> &DevPki {
+        &self.pki
+    }
+
     /// An embedded coordinator's configuration for these backends (no gRPC server; labels from the scenario).
     pub fn coordinator_config(
         &self,
