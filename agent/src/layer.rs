@@ -220,9 +220,12 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let recorder = &self.shared.recorder;
-        if let Some((in_flight, limit)) = self.shared.shedding.as_ref().and_then(|s| {
-            s.refuses(recorder.in_flight(), recorder.declared_capacity())
-        }) {
+        if let Some((in_flight, limit)) = self
+            .shared
+            .shedding
+            .as_ref()
+            .and_then(|s| s.refuses(recorder.in_flight(), recorder.declared_capacity()))
+        {
             return ResponseFuture {
                 state: State::Shed { in_flight, limit },
                 shared: Arc::clone(&self.shared),
@@ -320,7 +323,11 @@ where
                     this.state.set(State::Called { fut, guard });
                 }
                 StateProj::Shed { in_flight, limit } => {
-                    tracing::debug!(in_flight, limit, "shed a request: backend over its queue allowance");
+                    tracing::debug!(
+                        in_flight,
+                        limit,
+                        "shed a request: backend over its queue allowance"
+                    );
                     let mut refusal = shedding::refusal(*in_flight, *limit);
                     // The load report tells the client's live queue estimate how full this backend is.
                     if this.shared.orca {

@@ -49,7 +49,11 @@ async fn past_the_queue_allowance_requests_are_refused_at_once_and_unmeasured() 
     let status = c.unary(refused).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().starts_with("overloaded"), "{status:?}");
-    assert_eq!(backend.calls(), calls, "a refused request never reaches the service");
+    assert_eq!(
+        backend.calls(),
+        calls,
+        "a refused request never reaches the service"
+    );
     assert_eq!(layer.shed_total(), 1);
     assert_eq!(recorder.in_flight(), 3, "a refusal is not measured");
 
@@ -77,7 +81,10 @@ async fn without_a_declared_capacity_nothing_is_shed() {
         held.push(c.server_stream(req(HOLD, 1, 0)).await.unwrap().into_inner());
     }
     eventually("four in flight", || recorder.in_flight() == 4).await;
-    assert_eq!(c.unary(req("y", 0, 0)).await.unwrap().into_inner().message, "y");
+    assert_eq!(
+        c.unary(req("y", 0, 0)).await.unwrap().into_inner().message,
+        "y"
+    );
     assert_eq!(layer.shed_total(), 0);
     backend.release.notify_waiters();
 }

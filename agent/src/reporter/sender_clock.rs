@@ -54,9 +54,9 @@ impl FromStr for SenderClock {
 
     /// `OFFSET_S,RATE`, e.g. `3600,1` (jumped an hour ahead) or `0,2` (twice as fast).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (offset, rate) = s
-            .split_once(',')
-            .ok_or_else(|| format!("expected OFFSET_S,RATE (e.g. `-3600,1` or `0,2`), got `{s}`"))?;
+        let (offset, rate) = s.split_once(',').ok_or_else(|| {
+            format!("expected OFFSET_S,RATE (e.g. `-3600,1` or `0,2`), got `{s}`")
+        })?;
         let offset_s: f64 = offset
             .trim()
             .parse()
@@ -66,10 +66,14 @@ impl FromStr for SenderClock {
             .parse()
             .map_err(|e| format!("rate `{rate}`: {e}"))?;
         if !offset_s.is_finite() || offset_s.abs() > 1e9 {
-            return Err(format!("offset `{offset}`: expected finite seconds within ±1e9"));
+            return Err(format!(
+                "offset `{offset}`: expected finite seconds within ±1e9"
+            ));
         }
         if !(rate.is_finite() && rate > 0.0 && rate <= 1000.0) {
-            return Err(format!("rate `{rate}`: expected a positive rate up to 1000"));
+            return Err(format!(
+                "rate `{rate}`: expected a positive rate up to 1000"
+            ));
         }
         Ok(Self { offset_s, rate })
     }

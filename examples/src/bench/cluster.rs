@@ -25,10 +25,9 @@ pub const SERVICE: &str = "echo";
 fn shed_queue_allowance() -> Option<f64> {
     match std::env::var("LATERAL_SHED_QUEUE_ALLOWANCE") {
         Ok(v) if v == "off" => None,
-        Ok(v) => v
-            .parse()
-            .ok()
-            .or(Some(lateral_agent::layer::shedding::DEFAULT_QUEUE_ALLOWANCE)),
+        Ok(v) => v.parse().ok().or(Some(
+            lateral_agent::layer::shedding::DEFAULT_QUEUE_ALLOWANCE,
+        )),
         Err(_) => Some(lateral_agent::layer::shedding::DEFAULT_QUEUE_ALLOWANCE),
     }
 }

@@ -123,11 +123,17 @@ impl Fault {
             Fault::Blackhole => "fast-2 accepts and never answers, agent heartbeating",
             Fault::SlowDrip => "fast-2 sends headers, then nothing",
             Fault::Flapping => "fast-2 down 1 s, up 1 s, until recovery",
-            Fault::SidecarRestart => "the sidecar coordinator of all 8 clients shut down, back 2 s later",
+            Fault::SidecarRestart => {
+                "the sidecar coordinator of all 8 clients shut down, back 2 s later"
+            }
             Fault::ClockSkew => "fast-2's agent clock +1 h, then −1 h, then 2× fast",
             Fault::GarbageFrames => "fast-2's agent address sends Hello + random bytes",
-            Fault::OversizedFrames => "fast-2's agent address sends headers announcing 1 MiB bodies",
-            Fault::RogueCa => "an agent with another CA's certificate claims fast-2 is idle, capacity 10,000",
+            Fault::OversizedFrames => {
+                "fast-2's agent address sends headers announcing 1 MiB bodies"
+            }
+            Fault::RogueCa => {
+                "an agent with another CA's certificate claims fast-2 is idle, capacity 10,000"
+            }
             Fault::HeartbeatFlood => "fast-2's agent sends 1,000 heartbeats/s",
             Fault::Overload => "1.3× total capacity offered",
         }
@@ -169,6 +175,10 @@ pub struct MatrixOptions {
     pub clients: u32,
     /// Seed of arrivals, balancers and service times.
     pub seed: u64,
+    /// Service times and the request timeout are multiplied by this (rates divided): 1 for the table; the
+    /// CI test, which runs unoptimised code on a shared machine, slows the backends down instead of
+    /// measuring its own CPU starvation.
+    pub time_scale: f64,
 }
 
 impl Default for MatrixOptions {
@@ -180,17 +190,20 @@ impl Default for MatrixOptions {
             recover_after_s: 5.0,
             clients: 8,
             seed: 7,
+            time_scale: 1.0,
         }
     }
 }
 
 impl MatrixOptions {
-    /// The short timeline of the CI test: 6 s per fault, the fault at 2 s, undone at 4.5 s.
+    /// The short timeline of the CI test: 6 s per fault, the fault at 2 s, undone at 4.5 s, service times
+    /// ×5 (fast backends 100 ms, 40 req/s each) for unoptimised builds.
     pub fn quick() -> Self {
         Self {
             duration_s: 6.0,
             fault_at_s: 2.0,
             recover_after_s: 2.5,
+            time_scale: 5.0,
             ..Self::default()
         }
     }
@@ -242,6 +255,8 @@ pub struct FaultRow {
     pub decisions: Vec<String>,
     /// The first records in full (time after the fault, endpoint, rule, weight, reason).
     pub decision_records: Vec<String>,
+    /// The highest weight the target was given from the fault on (an impostor believed would push it up).
+    pub max_target_weight: f64,
 }
 
 static PANICS: AtomicU64 = AtomicU64::new(0);
@@ -270,6 +285,11 @@ fn scenario(fault: Fault, o: &MatrixOptions) -> Result<Scenario, BoxError> {
         NORMAL_LOAD
     };
     let (at, back) = (o.fault_at_s, o.fault_at_s + o.recover_after_s);
+    let scale = if o.time_scale.is_finite() && o.time_scale > 0.0 {
+        o.time_scale
+    } else {
+        1.0
+    };
     let events = match fault {
         Fault::BackendKilled => format!(
             "[[event]]\nat_s = {at}\nbackend = \"{TARGET}\"\nkind = \"kill\"\n\n\
@@ -286,14 +306,17 @@ fn scenario(fault: Fault, o: &MatrixOptions) -> Result<Scenario, BoxError> {
     };
     let text = format!(
         "name = \"fault-{name}\"\ndescription = \"{what}\"\nduration_s = {d}\nwarmup_s = 1.5\nload = {load}\n\
-         clients = {c}\nrequest_timeout_ms = 2000\n\n\
-         [[backend]]\nname = \"fast-1\"\nslots = 4\nservice_time_ms = 20\n\n\
-         [[backend]]\nname = \"{TARGET}\"\nslots = 4\nservice_time_ms = 20\n\n\
-         [[backend]]\nname = \"slow\"\nslots = 4\nservice_time_ms = 40\n\n{events}",
+         clients = {c}\nrequest_timeout_ms = {timeout}\n\n\
+         [[backend]]\nname = \"fast-1\"\nslots = 4\nservice_time_ms = {fast}\n\n\
+         [[backend]]\nname = \"{TARGET}\"\nslots = 4\nservice_time_ms = {fast}\n\n\
+         [[backend]]\nname = \"slow\"\nslots = 4\nservice_time_ms = {slow}\n\n{events}",
         name = fault.name(),
         what = fault.what(),
         d = o.duration_s,
         c = o.clients,
+        timeout = (2000.0 * scale).round() as u64,
+        fast = 20.0 * scale,
+        slow = 40.0 * scale,
     );
     Ok(Scenario::parse(&text, &format!("fault `{fault}`"))?)
 }
@@ -644,6 +667,12 @@ fn row(
         + 10.0 * f64::from(o.clients) * (scenario.duration_s + scenario.warmup_s + 2.0))
         .round() as u64;
     let (decisions, decision_records) = summarise(fault, o, &r.decisions);
+    let max_target_weight = r
+        .decisions
+        .iter()
+        .filter(|d| d.endpoint == TARGET && d.t >= o.fault_at_s)
+        .map(|d| d.new_weight)
+        .fold(0.0, f64::max);
     FaultRow {
         fault,
         what: fault.what().to_string(),
@@ -667,6 +696,7 @@ fn row(
         harness_saturated: r.harness_saturated(),
         decisions,
         decision_records,
+        max_target_weight,
     }
 }
 

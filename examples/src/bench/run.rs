@@ -302,14 +302,7 @@ pub async fn run(
         .await
         .map_err(|e| format!("policy {policy}: {e}"))?;
     drive(
-        scenario,
-        policy,
-        cluster,
-        clients,
-        arrivals,
-        seed,
-        progress,
-        None,
+        scenario, policy, cluster, clients, arrivals, seed, progress, None,
     )
     .await
 }

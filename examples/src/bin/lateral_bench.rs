@@ -252,7 +252,9 @@ async fn fault_matrix(
     }
     faults::install_panic_counter();
     let progress = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} requests · {msg}") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} requests · {msg}")
+    {
         progress.set_style(style);
     }
     let rows = faults::run_matrix(&list, options, &progress, |row| {

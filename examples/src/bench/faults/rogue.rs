@@ -78,7 +78,8 @@ impl RogueFrames {
     pub async fn stop(mut self) {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
-        self.endpoint.close(quinn::VarInt::from_u32(1), b"rogue gone");
+        self.endpoint
+            .close(quinn::VarInt::from_u32(1), b"rogue gone");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 }
