@@ -57,8 +57,6 @@ def run(rule, q, backends, load, T=120.0, seed=7):
             measured = now > 5.0
             offered += measured
             placed = None
-            for j in cand[:1] + [x for x in range(len(st)) if x != cand[0]][:0]:
-                pass
             first = cand[0]
             if admit(first, c):
                 placed = first
