@@ -286,6 +286,10 @@ pub struct ReportArgs {
     #[arg(long, env = "LATERAL_AGENT_MAX_SUBSCRIBERS", default_value_t = 16, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_subscribers: u32,
+    /// FAULT INJECTION (tests only): state a wrong clock in heartbeats, `OFFSET_S,RATE` (e.g. `3600,1` jumped
+    /// an hour ahead, `0,2` twice as fast). Coordinators must ignore the sender's clock; this proves it.
+    #[arg(long, value_name = "OFFSET_S,RATE", hide_short_help = true)]
+    pub fault_sender_clock: Option<crate::reporter::sender_clock::SenderClock>,
     /// Membership in etcd.
     #[command(flatten)]
     pub membership: MembershipArgs,
@@ -362,6 +366,10 @@ impl ReportArgs {
         let mut reporter = ReporterOptions::new(agent_id, self.endpoint_id.clone());
         reporter.interval = Duration::from_millis(self.interval_ms);
         reporter.max_subscribers = self.max_subscribers as usize;
+        if let Some(clock) = self.fault_sender_clock {
+            tracing::warn!(%clock, "FAULT INJECTION: heartbeats state a wrong sender clock");
+            reporter.sender_clock = clock;
+        }
         if orca {
             reporter
                 .capabilities

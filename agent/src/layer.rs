@@ -31,6 +31,9 @@
 //! - [`LoadLayer::with_dedup`]: answer a request whose `x-lateral-request-id` was already seen
 //!   ([`crate::dedup`]) with `ALREADY_EXISTS` without calling the inner service. Rejected duplicates are not
 //!   measured (they cost the backend nothing, and their ~0 latency would skew the window).
+//! - [`LoadLayer::with_shedding`]: with a declared capacity, answer a request that arrives when the backend is
+//!   full past its queue allowance with an immediate `UNAVAILABLE` ("overloaded: ..."), before the dedup check
+//!   and without calling the inner service ([`shedding`] says why the rule lives here and how it was chosen).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,6 +49,8 @@ use tower_service::Service;
 use crate::dedup::{DedupFuture, DedupStore, REQUEST_ID_HEADER, Verdict};
 use crate::orca;
 use crate::recorder::{InFlightGuard, Outcome, Recorder};
+
+pub mod shedding;
 
 /// The gRPC status codes counted as the backend failing, with their names.
 ///
@@ -98,6 +103,7 @@ struct Shared {
     recorder: Recorder,
     orca: bool,
     dedup: Option<Arc<dyn DedupStore>>,
+    shedding: Option<shedding::Shedding>,
 }
 
 impl std::fmt::Debug for LoadLayer {
@@ -117,6 +123,7 @@ impl LoadLayer {
                 recorder,
                 orca: false,
                 dedup: None,
+                shedding: None,
             }),
         }
     }
@@ -128,6 +135,10 @@ impl LoadLayer {
                 recorder: arc.recorder.clone(),
                 orca: arc.orca,
                 dedup: arc.dedup.clone(),
+                shedding: arc
+                    .shedding
+                    .as_ref()
+                    .map(|s| shedding::Shedding::new(s.queue_allowance())),
             },
         };
         f(&mut shared);
@@ -144,6 +155,17 @@ impl LoadLayer {
     /// Rejects requests whose `x-lateral-request-id` `store` has already seen ([`crate::dedup`]).
     pub fn with_dedup(self, store: Arc<dyn DedupStore>) -> Self {
         self.edit(|s| s.dedup = Some(store))
+    }
+
+    /// Refuses requests past `declared capacity · (1 + queue_allowance)` in flight ([`shedding`]; the usual
+    /// allowance is [`shedding::DEFAULT_QUEUE_ALLOWANCE`]). No effect without a declared capacity.
+    pub fn with_shedding(self, queue_allowance: f64) -> Self {
+        self.edit(|s| s.shedding = Some(shedding::Shedding::new(queue_allowance)))
+    }
+
+    /// Requests refused by [`LoadLayer::with_shedding`] so far.
+    pub fn shed_total(&self) -> u64 {
+        self.shared.shedding.as_ref().map_or(0, |s| s.refused())
     }
 
     /// The recorder this layer measures into.
@@ -197,6 +219,18 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let recorder = &self.shared.recorder;
+        if let Some((in_flight, limit)) = self
+            .shared
+            .shedding
+            .as_ref()
+            .and_then(|s| s.refuses(recorder.in_flight(), recorder.declared_capacity()))
+        {
+            return ResponseFuture {
+                state: State::Shed { in_flight, limit },
+                shared: Arc::clone(&self.shared),
+            };
+        }
         let request_id = self
             .shared
             .dedup
@@ -252,6 +286,10 @@ pin_project! {
             fut: S::Future,
             guard: Option<InFlightGuard>,
         },
+        Shed {
+            in_flight: u32,
+            limit: u64,
+        },
     }
 }
 
@@ -283,6 +321,19 @@ where
                     let guard = Some(this.shared.recorder.begin());
                     let fut = svc.call(req);
                     this.state.set(State::Called { fut, guard });
+                }
+                StateProj::Shed { in_flight, limit } => {
+                    tracing::debug!(
+                        in_flight,
+                        limit,
+                        "shed a request: backend over its queue allowance"
+                    );
+                    let mut refusal = shedding::refusal(*in_flight, *limit);
+                    // The load report tells the client's live queue estimate how full this backend is.
+                    if this.shared.orca {
+                        orca::insert(refusal.headers_mut(), &this.shared.recorder);
+                    }
+                    return Poll::Ready(Ok(refusal));
                 }
                 StateProj::Called { fut, guard } => {
                     let result = ready!(fut.poll(cx));

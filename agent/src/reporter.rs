@@ -35,6 +35,7 @@
 //! [`HEADER_LEN`]: lateral_proto::heartbeat::HEADER_LEN
 
 mod frames;
+pub mod sender_clock;
 mod subscriber;
 mod transport;
 
@@ -89,6 +90,9 @@ pub struct ReporterOptions {
     pub keep_alive: Duration,
     /// QUIC idle timeout. Default 10 s.
     pub idle_timeout: Duration,
+    /// FAULT INJECTION ONLY: how wrong the agent's clock is in heartbeat stamps ([`sender_clock`]). Default
+    /// exact.
+    pub sender_clock: sender_clock::SenderClock,
 }
 
 impl ReporterOptions {
@@ -104,6 +108,7 @@ impl ReporterOptions {
             write_timeout: Duration::from_secs(5),
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
+            sender_clock: sender_clock::SenderClock::default(),
         }
     }
 
@@ -191,6 +196,8 @@ struct Shared {
     /// Heartbeats a lagging subscriber skipped (the broadcast queue overflowed for it).
     skipped: AtomicU64,
     hello: Bytes,
+    /// Starts as `opts.sender_clock`; [`ReporterHandle::set_sender_clock`] changes it (fault injection).
+    sender_clock: std::sync::Mutex<sender_clock::SenderClock>,
     opts: ReporterOptions,
 }
 
@@ -208,6 +215,7 @@ impl Shared {
             written: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             hello,
+            sender_clock: std::sync::Mutex::new(opts.sender_clock),
             opts,
         }))
     }
@@ -252,6 +260,14 @@ impl ReporterHandle {
     /// once quinn accepted it).
     pub fn heartbeats_written(&self) -> u64 {
         self.shared.written.load(Ordering::Relaxed)
+    }
+
+    /// FAULT INJECTION ONLY: from the next heartbeat on, stamps follow `clock` ([`sender_clock`]), so a test
+    /// can make the agent's clock jump or race while it runs.
+    pub fn set_sender_clock(&self, clock: sender_clock::SenderClock) {
+        if let Ok(mut c) = self.shared.sender_clock.lock() {
+            *c = clock;
+        }
     }
 
     /// Heartbeats skipped for a subscriber that lagged behind (summed over subscribers).
@@ -329,7 +345,12 @@ async fn tick(shared: Arc<Shared>, source: Arc<dyn MeasurementSource>) {
         }
         let measurement = source.take_window();
         let sequence = shared.sequence.fetch_add(1, Ordering::Relaxed) + 1;
-        let monotonic_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let clock = shared
+            .sender_clock
+            .lock()
+            .map(|c| *c)
+            .unwrap_or(shared.opts.sender_clock);
+        let monotonic_us = clock.stamp_us(start.elapsed());
         match frames::heartbeat(sequence, &measurement, monotonic_us) {
             // No receivers is fine: the window is still closed so the next one has the right length.
             Ok(frame) => drop(shared.frames.send(frame)),

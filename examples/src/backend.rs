@@ -2,7 +2,14 @@
 //! agent's [`LoadLayer`], ORCA trailers and request-id dedup on) and the agent's QUIC heartbeat reporter.
 //!
 //! The server runs its own accept loop so that [`Backend::kill`] can drop every connection at once, the way a
-//! crashed process would, and [`Backend::restart`] brings it back on the same addresses.
+//! crashed process would, and [`Backend::restart`] brings it back on the same addresses. The agent alone can
+//! be stopped and started again ([`Backend::kill_agent`], [`Backend::restart_agent`]) while the server goes
+//! on serving, and [`drip`] makes the server send headers and then nothing.
+//!
+//! The measuring layer sheds past its queue allowance ([`BackendSpec::shed_queue_allowance`], on by default
+//! as a deployment would run it; see `lateral_agent::layer::shedding`).
+
+pub mod drip;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +46,8 @@ pub struct BackendSpec {
     pub heartbeat_interval: Duration,
     /// Seed of the service-time generator.
     pub seed: u64,
+    /// The layer's overload shedding: refuse past `slots · (1 + allowance)` in flight (`None`: never shed).
+    pub shed_queue_allowance: Option<f64>,
 }
 
 impl BackendSpec {
@@ -52,6 +61,7 @@ impl BackendSpec {
             declare_capacity: true,
             heartbeat_interval: Duration::from_millis(500),
             seed: 1,
+            shed_queue_allowance: Some(lateral_agent::layer::shedding::DEFAULT_QUEUE_ALLOWANCE),
         }
     }
 }
@@ -66,6 +76,10 @@ pub struct Backend {
     tls: TlsMode,
     server: Option<JoinSet<()>>,
     reporter: Option<ReporterHandle>,
+    /// The layer of the current (or last) server, for its shedding counter.
+    layer: Option<LoadLayer>,
+    /// Requests shed by servers of earlier launches (the counter starts again with each layer).
+    shed_before: u64,
 }
 
 impl std::fmt::Debug for Backend {
@@ -101,6 +115,8 @@ impl Backend {
             tls,
             server: None,
             reporter: None,
+            layer: None,
+            shed_before: 0,
         };
         backend.launch().await?;
         Ok(backend)
@@ -109,18 +125,28 @@ impl Backend {
     async fn launch(&mut self) -> Result<(), lateral_agent::Error> {
         let listener = TcpListener::bind(self.grpc_addr).await?;
         self.grpc_addr = listener.local_addr()?;
-        let layer = LoadLayer::new(self.recorder.clone())
+        let mut layer = LoadLayer::new(self.recorder.clone())
             .with_orca(true)
             .with_dedup(Arc::new(InMemoryDedup::new(
                 Duration::from_secs(60),
                 100_000,
             )));
+        if let Some(allowance) = self.spec.shed_queue_allowance {
+            layer = layer.with_shedding(allowance);
+        }
+        self.shed_before += self.layer.as_ref().map_or(0, LoadLayer::shed_total);
+        self.layer = Some(layer.clone());
         let echo = SimulatedEcho::new(&self.spec.name, self.knobs.clone(), self.spec.seed);
         let routes = tonic::service::Routes::new(EchoServer::new(echo)).prepare();
+        let routes = drip::Drip::new(routes, self.knobs.clone());
         let service = tower::ServiceBuilder::new().layer(layer).service(routes);
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(listener, service));
         self.server = Some(tasks);
+        self.start_agent()
+    }
+
+    fn start_agent(&mut self) -> Result<(), lateral_agent::Error> {
         let mut options = ReporterOptions::new(
             format!("{}@{}", self.spec.name, std::process::id()),
             self.spec.name.clone(),
@@ -162,6 +188,46 @@ impl Backend {
     /// The spec it was started with.
     pub fn spec(&self) -> &BackendSpec {
         &self.spec
+    }
+
+    /// Requests the measuring layer refused as overload, over every launch.
+    pub fn shed_total(&self) -> u64 {
+        self.shed_before + self.layer.as_ref().map_or(0, LoadLayer::shed_total)
+    }
+
+    /// The agent's reporter, while it runs.
+    pub fn reporter(&self) -> Option<&ReporterHandle> {
+        self.reporter.as_ref()
+    }
+
+    /// Stops the agent only, like a crashed agent process: no Goodbye; the server goes on serving.
+    pub async fn kill_agent(&mut self) {
+        if let Some(reporter) = self.reporter.take() {
+            reporter.shutdown().await;
+        }
+    }
+
+    /// Starts the agent again on the same QUIC address after [`Backend::kill_agent`], sending a heartbeat
+    /// every `interval` (the spec's interval when `None`).
+    pub async fn restart_agent(
+        &mut self,
+        interval: Option<Duration>,
+    ) -> Result<(), lateral_agent::Error> {
+        if let Some(interval) = interval {
+            self.spec.heartbeat_interval = interval;
+        }
+        self.kill_agent().await;
+        let mut last = None;
+        for _ in 0..20 {
+            match self.start_agent() {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| lateral_agent::Error::Transport("agent restart failed".into())))
     }
 
     /// Whether it is running.

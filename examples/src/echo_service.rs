@@ -31,6 +31,11 @@ pub struct Knobs {
     error_rate_ppm: AtomicU32,
     error_latency_us: AtomicU64,
     blackhole: AtomicBool,
+    drip: AtomicBool,
+    /// Microseconds slots were really held by work that completed (measured, so timer overshoot counts).
+    busy_us: AtomicU64,
+    /// Units of work completed.
+    served: AtomicU64,
     distribution: ServiceTime,
     slots: Arc<Semaphore>,
     slot_count: u32,
@@ -44,6 +49,9 @@ impl Knobs {
             error_rate_ppm: AtomicU32::new(0),
             error_latency_us: AtomicU64::new(0),
             blackhole: AtomicBool::new(false),
+            drip: AtomicBool::new(false),
+            busy_us: AtomicU64::new(0),
+            served: AtomicU64::new(0),
             distribution,
             slots: Arc::new(Semaphore::new(slots.max(1) as usize)),
             slot_count: slots.max(1),
@@ -82,6 +90,25 @@ impl Knobs {
     /// Accept requests and never answer them (`true`), or behave (`false`).
     pub fn set_blackhole(&self, on: bool) {
         self.blackhole.store(on, Ordering::Relaxed);
+    }
+
+    /// Answer with headers and then nothing (`true`, see `backend::drip`), or behave (`false`).
+    pub fn set_drip(&self, on: bool) {
+        self.drip.store(on, Ordering::Relaxed);
+    }
+
+    /// Work completed so far and the slot-microseconds it really took: `served / busy` × slots is the
+    /// capacity this backend actually has on this machine (timer overshoot and a loaded CPU lower it).
+    pub fn served_and_busy_us(&self) -> (u64, u64) {
+        (
+            self.served.load(Ordering::Relaxed),
+            self.busy_us.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Whether [`Knobs::set_drip`] is on.
+    pub fn dripping(&self) -> bool {
+        self.drip.load(Ordering::Relaxed)
     }
 }
 
@@ -122,6 +149,7 @@ impl SimulatedEcho {
             .acquire_owned()
             .await
             .map_err(|_| Status::unavailable("backend shutting down"))?;
+        let held = tokio::time::Instant::now();
         let mut rng = self.rng();
         let failing = rng.random::<f64>() < self.knobs.error_rate();
         if failing {
@@ -141,6 +169,10 @@ impl SimulatedEcho {
             ServiceTime::Exponential => -mean * (1.0 - rng.random::<f64>()).ln(),
         };
         tokio::time::sleep(Duration::from_secs_f64(time.min(60.0))).await;
+        self.knobs
+            .busy_us
+            .fetch_add(held.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.knobs.served.fetch_add(1, Ordering::Relaxed);
         if fail_with != 0 {
             return Err(Status::new(
                 tonic::Code::from_i32(fail_with),

@@ -20,6 +20,18 @@ use crate::backend::{Backend, BackendSpec};
 /// The service name the coordinators and balancers use.
 pub const SERVICE: &str = "echo";
 
+/// `LATERAL_SHED_QUEUE_ALLOWANCE=N` sets the backends' shedding allowance for experiments (`off`: never
+/// shed); otherwise the agent's default.
+fn shed_queue_allowance() -> Option<f64> {
+    match std::env::var("LATERAL_SHED_QUEUE_ALLOWANCE") {
+        Ok(v) if v == "off" => None,
+        Ok(v) => v.parse().ok().or(Some(
+            lateral_agent::layer::shedding::DEFAULT_QUEUE_ALLOWANCE,
+        )),
+        Err(_) => Some(lateral_agent::layer::shedding::DEFAULT_QUEUE_ALLOWANCE),
+    }
+}
+
 /// Running backends of one scenario.
 pub struct Cluster {
     /// The backends, in scenario order (locked by the event runner while it changes one).
@@ -52,6 +64,7 @@ impl Cluster {
         let mut backends = Vec::new();
         for (i, b) in scenario.backends.iter().enumerate() {
             let spec = BackendSpec {
+                shed_queue_allowance: shed_queue_allowance(),
                 distribution: b.distribution,
                 declare_capacity: b.declare_capacity,
                 seed: seed.wrapping_mul(1000).wrapping_add(i as u64),
@@ -77,6 +90,11 @@ impl Cluster {
             backends: Arc::new(Mutex::new(backends)),
             pki,
         })
+    }
+
+    /// The dev CA the backends' agents and the coordinators share.
+    pub fn pki(&self) -> &DevPki {
+        &self.pki
     }
 
     /// An embedded coordinator's configuration for these backends (no gRPC server; labels from the scenario).

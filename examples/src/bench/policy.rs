@@ -189,7 +189,7 @@ fn channel(uri: &str) -> Result<Endpoint, BoxError> {
         .tcp_nodelay(true))
 }
 
-fn erase<S>(service: S) -> Transport
+pub(crate) fn erase<S>(service: S) -> Transport
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,

@@ -38,6 +38,8 @@ pub struct Bucket {
     pub ok: u64,
     /// Failed or timed-out requests.
     pub errors: u64,
+    /// Of the errors, timed out.
+    pub timeouts: u64,
     /// Latency, microseconds.
     pub latency_us: Histogram<u64>,
 }
@@ -53,6 +55,8 @@ pub struct DecisionPoint {
     pub new_weight: f64,
     /// Rule that fired.
     pub rule: String,
+    /// The coordinator's sentence for it.
+    pub reason: String,
 }
 
 /// Everything measured in one scenario × policy run.
@@ -102,6 +106,10 @@ pub struct RunResult {
     /// Lateral/static_oracle: what the clients really sent to each backend (scenario order), as shares of
     /// their picks, next to the weights.
     pub achieved_shares: Option<Vec<f64>>,
+    /// Of the errors, answers refused as overload by a backend's layer (`UNAVAILABLE`, "overloaded: ...").
+    pub overloaded: u64,
+    /// Latency of the requests that failed with a status (not timeouts), microseconds: how fast a refusal is.
+    pub failed_latency_us: Histogram<u64>,
 }
 
 /// A run whose generator sent late by more than this at p99 measured the harness, not the policy.
@@ -221,6 +229,9 @@ impl Recorder {
     fn record(&mut self, at: Duration, micros: u64, outcome: Outcome, key: Option<u32>) {
         let r = &mut self.result;
         let micros = micros.clamp(1, MAX_LATENCY_US);
+        if let Outcome::Failed(_) = &outcome {
+            let _ = r.failed_latency_us.record(micros);
+        }
         let _ = r.latency_us.record(micros);
         let b = (at.as_secs_f64() / BUCKET_S) as usize;
         let n = r.backends.len();
@@ -229,6 +240,7 @@ impl Recorder {
                 per_backend: vec![0; n],
                 ok: 0,
                 errors: 0,
+                timeouts: 0,
                 latency_us: histogram(2),
             });
         }
@@ -239,6 +251,7 @@ impl Recorder {
             Outcome::Failed(who) => (false, who.as_deref()),
             Outcome::Timeout => {
                 r.timeouts += 1;
+                bucket.timeouts += 1;
                 (false, None)
             }
         };
@@ -268,6 +281,13 @@ enum Outcome {
     Timeout,
 }
 
+/// How a backend's layer words an overload refusal (`lateral_agent::layer::shedding`).
+pub const OVERLOADED_PREFIX: &str = "overloaded";
+
+/// Something done to a running cluster besides the scenario's timeline (the fault matrix's faults): called
+/// once with the cluster and the instant traffic starts, it returns the task doing it (aborted at the end).
+pub type Injector = Box<dyn FnOnce(Arc<Cluster>, Instant) -> tokio::task::JoinHandle<()> + Send>;
+
 /// Runs `policy` through `scenario` with the given arrivals.
 pub async fn run(
     scenario: &Scenario,
@@ -281,6 +301,25 @@ pub async fn run(
         .build(scenario, &cluster, scenario.clients, seed)
         .await
         .map_err(|e| format!("policy {policy}: {e}"))?;
+    drive(
+        scenario, policy, cluster, clients, arrivals, seed, progress, None,
+    )
+    .await
+}
+
+/// Sends `arrivals` through `clients` (built for `policy`) to `cluster`, following the scenario's timeline
+/// and, with one, running `inject` alongside; then stops the cluster.
+#[allow(clippy::too_many_arguments)]
+pub async fn drive(
+    scenario: &Scenario,
+    policy: &Policy,
+    cluster: Cluster,
+    clients: super::policy::Clients,
+    arrivals: &[Arrival],
+    seed: u64,
+    progress: &ProgressBar,
+    inject: Option<Injector>,
+) -> Result<RunResult, tower::BoxError> {
     let names = cluster.names.clone();
     let hash_keys = scenario.routing.as_ref().and_then(|r| {
         r.hash_keys.map(|n| {
@@ -328,6 +367,8 @@ pub async fn run(
             groups: None,
             send_lag_us: histogram(2),
             achieved_shares: None,
+            overloaded: 0,
+            failed_latency_us: histogram(2),
         },
     }));
 
@@ -354,6 +395,8 @@ pub async fn run(
                 .await;
         })
     };
+
+    let injected = inject.map(|f| f(cluster.clone(), start));
 
     let spill_samples: Arc<Mutex<Vec<(f64, bool)>>> = Arc::default();
     let spill_sampler = match clients.balancers.first() {
@@ -416,12 +459,19 @@ pub async fn run(
             let micros = intended.elapsed().as_micros() as u64;
             let outcome = match result {
                 Ok(Ok(reply)) => Outcome::Ok(reply.into_inner().served_by),
-                Ok(Err(status)) => Outcome::Failed(
-                    status
-                        .message()
-                        .split_once(':')
-                        .map(|(who, _)| who.to_string()),
-                ),
+                Ok(Err(status)) => {
+                    if status.message().starts_with(OVERLOADED_PREFIX)
+                        && let Ok(mut r) = recorder.lock()
+                    {
+                        r.result.overloaded += 1;
+                    }
+                    Outcome::Failed(
+                        status
+                            .message()
+                            .split_once(':')
+                            .map(|(who, _)| who.to_string()),
+                    )
+                }
                 Err(_) => Outcome::Timeout,
             };
             if let Ok(mut r) = recorder.lock() {
@@ -435,6 +485,10 @@ pub async fn run(
     while inflight.join_next().await.is_some() {}
     runner.abort();
     let _ = runner.await;
+    if let Some(task) = injected {
+        task.abort();
+        let _ = task.await;
+    }
     if let Some(ideal) = ideal {
         ideal.abort();
         let _ = ideal.await;
@@ -509,29 +563,38 @@ pub async fn run(
             .collect();
     }
     if let Some(coordinator) = clients.coordinators.first() {
-        let origin = wall_start
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        let (decisions, _alerts) = coordinator
-            .handle()
-            .decisions()
-            .query(SERVICE, "", 0, 10_000);
-        result.decisions = decisions
-            .into_iter()
-            .map(|d| DecisionPoint {
-                t: d.at
-                    .map(|ts| ts.seconds as f64 + f64::from(ts.nanos) / 1e9 - origin)
-                    .unwrap_or(f64::NAN),
-                endpoint: d.endpoint,
-                new_weight: d.new_weight,
-                rule: d.rule,
-            })
-            .collect();
+        result.decisions = decision_points(coordinator, wall_start);
     }
     drop(clients);
     cluster.stop().await;
     Ok(result)
+}
+
+/// The decisions `coordinator` logged for the bench's service, timed in seconds after `wall_start`.
+pub fn decision_points(
+    coordinator: &lateral_coordinator::Coordinator,
+    wall_start: SystemTime,
+) -> Vec<DecisionPoint> {
+    let origin = wall_start
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let (decisions, _alerts) = coordinator
+        .handle()
+        .decisions()
+        .query(SERVICE, "", 0, 10_000);
+    decisions
+        .into_iter()
+        .map(|d| DecisionPoint {
+            t: d.at
+                .map(|ts| ts.seconds as f64 + f64::from(ts.nanos) / 1e9 - origin)
+                .unwrap_or(f64::NAN),
+            endpoint: d.endpoint,
+            new_weight: d.new_weight,
+            rule: d.rule,
+            reason: d.reason,
+        })
+        .collect()
 }
 
 /// Convergence after each mark of [`Scenario::convergence_marks`]: the first time after the mark from which

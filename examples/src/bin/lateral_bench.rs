@@ -7,7 +7,11 @@
 //! cargo run --release -p lateral-examples --bin lateral-bench -- --scenario spike --policies lateral,p2c_peak_ewma
 //! cargo run --release -p lateral-examples --bin lateral-bench -- serve failure
 //! cargo run --release -p lateral-examples --bin lateral-bench -- serve spike --coordinator-files /tmp/lb
+//! cargo run --release -p lateral-examples --bin lateral-bench -- faults --json /tmp/faults.json
 //! ```
+//!
+//! `faults` runs the fault matrix ([`lateral_examples::bench::faults`]): every fault under 8 client
+//! instances, a markdown table on stdout (and JSON with `--json`); `--only a,b` runs some of them.
 //!
 //! Scenarios are built-in names or TOML files (see `examples/scenarios/` and `lateral_examples::bench::scenario`).
 //! Every policy of a scenario meets freshly started backends and the same open-loop Poisson schedule (same seed);
@@ -25,7 +29,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lateral_examples::bench::cluster::Cluster;
 use lateral_examples::bench::policy::{self, Policy};
 use lateral_examples::bench::scenario::{BUILT_IN, Scenario};
-use lateral_examples::bench::{envoy, plot, report, run, schedule};
+use lateral_examples::bench::{envoy, faults, plot, report, run, schedule};
 use tokio::time::Instant;
 
 /// Benchmark Lateral against other client-side balancing policies on asymmetric backends.
@@ -64,6 +68,21 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The fault matrix: each fault under 8 client instances; a markdown table (and JSON).
+    Faults {
+        /// Comma-separated faults (default: all). The fault-free baseline always runs first.
+        #[arg(long, value_delimiter = ',', value_name = "a,b,c")]
+        only: Vec<String>,
+        /// Seconds of traffic per fault (default 12; the fault at a third, undone 5 s later).
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<f64>,
+        /// Client instances (default 8).
+        #[arg(long, default_value_t = 8)]
+        clients: u32,
+        /// Write the rows as JSON to this file.
+        #[arg(long, value_name = "PATH")]
+        json: Option<PathBuf>,
+    },
     /// Run only a scenario's backends with their agents and events, and print their addresses.
     Serve {
         /// A built-in name or a TOML file.
@@ -125,6 +144,12 @@ fn main() -> ExitCode {
                     .map(|dir| (dir.as_path(), *coordinator_grpc, *coordinator_http));
                 serve(scenario, *linger, args.seed, files).await
             }
+            Some(Command::Faults {
+                only,
+                duration,
+                clients,
+                json,
+            }) => fault_matrix(only, *duration, *clients, args.seed, json.as_deref()).await,
             None => bench(&args).await,
         }
     });
@@ -195,6 +220,63 @@ async fn serve(
         }
     }
     cluster.stop().await;
+    Ok(())
+}
+
+async fn fault_matrix(
+    only: &[String],
+    duration: Option<f64>,
+    clients: u32,
+    seed: u64,
+    json: Option<&std::path::Path>,
+) -> Result<(), BoxError> {
+    let list: Vec<faults::Fault> = if only.is_empty() {
+        faults::ALL.to_vec()
+    } else {
+        only.iter()
+            .map(|f| f.parse().map_err(|e| format!("--only: {e}")))
+            .collect::<Result<_, _>>()?
+    };
+    let mut options = faults::MatrixOptions {
+        clients,
+        seed,
+        ..faults::MatrixOptions::default()
+    };
+    if let Some(d) = duration {
+        if !(d.is_finite() && d >= 4.0) {
+            return Err(format!("--duration: expected at least 4 seconds, got {d}").into());
+        }
+        options.duration_s = d;
+        options.fault_at_s = d / 3.0;
+        options.recover_after_s = (d * 5.0 / 12.0).min(d - options.fault_at_s);
+    }
+    faults::install_panic_counter();
+    let progress = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} requests · {msg}")
+    {
+        progress.set_style(style);
+    }
+    let rows = faults::run_matrix(&list, options, &progress, |row| {
+        progress.suspend(|| {
+            eprintln!(
+                "{}: lost {} / {}, timeouts {}, p99 {:.0} ms, panics {}",
+                row.fault, row.lost, row.counted, row.timeouts, row.p99_ms, row.panics
+            )
+        })
+    })
+    .await?;
+    progress.finish_and_clear();
+    println!("{}", faults::markdown(&rows, &options));
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "options": options,
+            "rows": rows,
+        }))?;
+        std::fs::write(path, text)
+            .map_err(|e| format!("--json {}: cannot write: {e}", path.display()))?;
+        eprintln!("wrote {} rows to {}", rows.len(), path.display());
+    }
     Ok(())
 }
 
