@@ -6,7 +6,7 @@
 //! them and the client sends most calls to `fast`. (Development TLS: `insecure_dev`; production names a CA,
 //! certificate and key, see deploy/coordinator.example.toml.)
 use lateral_balancer::Balancer;
-use lateral_coordinator::CoordinatorConfig;
+use lateral_balancer::coordinator::CoordinatorConfig;
 use lateral_examples::backend::{Backend, BackendSpec};
 use lateral_ops::tls::TlsMode;
 use lateral_proto::demo::{EchoRequest, echo_client::EchoClient};
