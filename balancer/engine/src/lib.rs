@@ -11,9 +11,9 @@
 //! traffic **shares** (each in [0, 1], summing to 1), [`Decision`] records and [`Alert`]s, which the driver
 //! drains. Reads ([`Engine::table`], [`Engine::next_deadline`]) never mutate.
 //!
-//! The `Engine`'s methods live by job: `membership.rs` (endpoints, heartbeats, goodbyes), `states.rs` (the
-//! per-endpoint state machine), `estimates.rs` (windows into capacity estimates, steps, canary and drift
-//! inputs), `weights.rs` (shares and their bounds), `records.rs` (the table, decision records and sentences).
+//! The `Engine`'s methods live by job: `membership.rs` (endpoints, heartbeats, goodbyes), `states.rs`
+//! (applies the pure state machine, [`lifecycle::next_state`], per endpoint), `estimates.rs` (windows into
+//! capacity estimates, steps, canary and drift inputs), `weights.rs` (shares and their bounds), `records.rs` (the table, decision records and sentences).
 //!
 //! One recomputation (on [`Engine::on_tick`], and on set changes so the table is always consistent):
 //! 1. **freshness** ([`freshness`]): degraded after `degraded_after_missed` missed heartbeats, ejected after
@@ -86,6 +86,7 @@ pub mod config;
 pub mod decision;
 pub mod drift;
 pub mod freshness;
+pub mod lifecycle;
 pub mod liveness;
 pub mod oscillation;
 pub mod readmission;
@@ -107,7 +108,7 @@ pub use table::{EndpointState, EndpointWeight, WeightTable};
 use canary::{Canary, CanaryEvent, StableMetrics};
 use decision::BoundedQueue;
 use drift::Drift;
-use freshness::Freshness;
+use lifecycle::StateReason;
 use oscillation::{Oscillation, OscillationEvent};
 use readmission::Readmission;
 use table::Bounds;

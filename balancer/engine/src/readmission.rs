@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::config::EngineConfig;
 
 /// Per-endpoint re-admission state.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Readmission {
     last_outage: Option<Instant>,
     /// Consecutive outages, each within `flap_window` of the previous.

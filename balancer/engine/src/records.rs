@@ -223,3 +223,44 @@ impl Engine {
         }
     }
 }
+
+/// The sentence of a state transition's reason (`stalled`: the liveness rule's account of a stalled path).
+pub(crate) fn state_sentence(reason: &StateReason, stalled: Option<&str>) -> String {
+    match *reason {
+        StateReason::Goodbye => "the agent said goodbye".into(),
+        StateReason::NotAccepting => "the backend is not accepting".into(),
+        // The breaker's own record (estimates.rs) says why it tripped; re-entering Tripped adds nothing.
+        StateReason::CanaryTripped => String::new(),
+        StateReason::Stalled => stalled.unwrap_or_default().to_string(),
+        StateReason::NeverHeard { eject_after } => {
+            format!("no heartbeat within {eject_after:?} of being added")
+        }
+        StateReason::Silent {
+            silent_for,
+            eject_after,
+        } => format!(
+            "no heartbeat for {:.1} s (eject_after {:?})",
+            silent_for.as_secs_f64(),
+            eject_after
+        ),
+        StateReason::Missed { missed } => {
+            format!("{missed} heartbeats missed; share reduced, last load kept")
+        }
+        StateReason::RampComplete => "ramp complete".into(),
+        StateReason::ShortGap => "heartbeats resumed after a short gap".into(),
+        StateReason::HeldOff {
+            flaps,
+            flap_window,
+            holdoff,
+        } => format!(
+            "heartbeats resumed; flap {flaps} within {flap_window:?}: re-admission held off {:.1} s",
+            holdoff.as_secs_f64()
+        ),
+        StateReason::RampStarted { start, ramp } => format!(
+            "heartbeats resumed; ramping from {:.0}% of its share over {:?}",
+            start * 100.0,
+            ramp
+        ),
+        StateReason::AcceptingAgain => "accepting again; ramping up".into(),
+    }
+}
