@@ -48,7 +48,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::Error;
+pub use crate::election::HaConfig;
 use crate::engine::EngineConfig;
+pub use crate::persist::PersistConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -69,6 +71,12 @@ pub struct CoordinatorConfig {
     /// OTLP trace export and span sampling (see [`crate::telemetry::TelemetryConfig`]).
     #[serde(default)]
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Warm restart from a local file (see [`PersistConfig`]); with `[ha]` the weights are kept in etcd.
+    #[serde(default)]
+    pub persist: PersistConfig,
+    /// Leader election through etcd (see [`HaConfig`]).
+    #[serde(default)]
+    pub ha: Option<HaConfig>,
 }
 
 /// Where the coordinator listens.
@@ -242,6 +250,10 @@ impl CoordinatorConfig {
         self.telemetry
             .validate()
             .map_err(|(field, expected)| bad(field, expected))?;
+        if let Some(ha) = &self.ha {
+            ha.validate()
+                .map_err(|(field, expected)| bad(field, expected))?;
+        }
         crate::engine::Engine::new(self.engine.clone())
             .map_err(|e| bad(format!("engine.{}", e.field), e.expected.clone()))?;
         let tls = &self.tls;
