@@ -32,8 +32,8 @@ use lateral_proto::etcd::etcdserverpb::lease_client::LeaseClient;
 use lateral_proto::etcd::etcdserverpb::watch_client::WatchClient;
 use lateral_proto::etcd::etcdserverpb::watch_request::RequestUnion;
 use lateral_proto::etcd::etcdserverpb::{
-    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
-    WatchCreateRequest, WatchRequest,
+    LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest, WatchCreateRequest,
+    WatchRequest,
 };
 use lateral_proto::etcd::mvccpb::event::EventType;
 use lateral_proto::etcd::prefix_range_end;
@@ -191,7 +191,13 @@ async fn campaign(elector: &Elector, first: usize, backoff: &mut Backoff) -> Res
     let ttl = Duration::from_secs(granted.ttl.max(1) as u64);
     let renew_every = ttl / 4;
     tracing::info!(name = %elector.name, lease = format_args!("{lease:x}"), ttl_s = granted.ttl, "HA election: lease granted");
+    // The first keep-alive is queued before the call: etcd answers it (headers included) only once a
+    // keep-alive arrives, so awaiting the call with an empty request stream would wait for ever.
     let (renew_tx, renew_rx) = mpsc::channel(4);
+    renew_tx
+        .send(LeaseKeepAliveRequest { id: lease })
+        .await
+        .map_err(|_| call_error("LeaseKeepAlive", "request stream closed"))?;
     let mut renewals = timed(
         "LeaseKeepAlive",
         leases
@@ -246,7 +252,6 @@ async fn campaign(elector: &Elector, first: usize, backoff: &mut Backoff) -> Res
                     tracing::info!(name = %elector.name, "HA election: this coordinator leads");
                     let seeds = load_seeds(&config.store(), elector.max_age).await;
                     if !elector.send(Command::Promote(seeds)).await {
-                        revoke(&mut leases, lease).await;
                         return Ok(());
                     }
                 }
@@ -278,7 +283,8 @@ async fn campaign(elector: &Elector, first: usize, backoff: &mut Backoff) -> Res
             tokio::select! {
                 _ = renew.tick() => {
                     if !elector.alive() {
-                        revoke(&mut leases, lease).await;
+                        // Not revoked: a stopped coordinator is replaced like a dead one, when its
+                        // lease expires (within the TTL).
                         return Ok(());
                     }
                     renew_tx
@@ -317,14 +323,6 @@ async fn campaign(elector: &Elector, first: usize, backoff: &mut Backoff) -> Res
             }
         }
     }
-}
-
-async fn revoke(leases: &mut LeaseClient<tonic::transport::Channel>, lease: i64) {
-    let _ = timed(
-        "LeaseRevoke",
-        leases.lease_revoke(LeaseRevokeRequest { id: lease }),
-    )
-    .await;
 }
 
 /// Feeds the driver the weights the leader persists (the driver republishes them only while it stands
