@@ -52,7 +52,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::Error;
+pub use crate::election::HaConfig;
 use crate::engine::EngineConfig;
+pub use crate::persist::PersistConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +78,12 @@ pub struct CoordinatorConfig {
     /// What the xDS server publishes beyond the weights (Envoy's listener ports, the push interval).
     #[serde(default)]
     pub xds: lateral_xds::XdsConfig,
+    /// Warm restart from a local file (see [`PersistConfig`]); with `[ha]` the weights are kept in etcd.
+    #[serde(default)]
+    pub persist: PersistConfig,
+    /// Leader election through etcd (see [`HaConfig`]).
+    #[serde(default)]
+    pub ha: Option<HaConfig>,
 }
 
 /// Where the coordinator listens.
@@ -253,6 +261,10 @@ impl CoordinatorConfig {
         self.telemetry
             .validate()
             .map_err(|(field, expected)| bad(field, expected))?;
+        if let Some(ha) = &self.ha {
+            ha.validate()
+                .map_err(|(field, expected)| bad(field, expected))?;
+        }
         crate::engine::Engine::new(self.engine.clone())
             .map_err(|e| bad(format!("engine.{}", e.field), e.expected.clone()))?;
         crate::xds::validate(self)

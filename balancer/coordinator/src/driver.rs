@@ -19,6 +19,8 @@ use crate::engine::{
     Alert, Decision, EndpointSpec, EndpointState, Engine, LoadReport, WeightTable,
 };
 
+mod standby;
+
 /// The latest snapshot of a service, `None` until the first one is computed.
 pub type WeightsReceiver = watch::Receiver<Option<Arc<WeightSnapshot>>>;
 
@@ -34,6 +36,12 @@ pub(crate) enum Command {
     },
     /// Subscribe to a service's weights.
     Subscribe(String, oneshot::Sender<Option<WeightsReceiver>>),
+    /// HA: the leader's weights, republished while standing by (`election.rs`).
+    Mirror(Arc<WeightSnapshot>),
+    /// HA: this coordinator leads: rebuild every engine, seeded (or from the mirrored weights).
+    Promote(BTreeMap<String, crate::persist::Seed>),
+    /// HA: this coordinator lost its lease and stands by.
+    Demote,
 }
 
 /// Converts the engine's `Instant`s to wall-clock timestamps for records (the engine never sees wall time).
@@ -109,13 +117,13 @@ impl Drop for RunningEndpoint {
     }
 }
 
-struct ServiceRuntime {
+pub(crate) struct ServiceRuntime {
     name: Arc<str>,
-    engine: Engine,
+    pub(crate) engine: Engine,
     endpoints: BTreeMap<Arc<str>, RunningEndpoint>,
     /// The DNS and etcd source tasks.
     source_tasks: Vec<JoinHandle<()>>,
-    weights: watch::Sender<Option<Arc<WeightSnapshot>>>,
+    pub(crate) weights: watch::Sender<Option<Arc<WeightSnapshot>>>,
     /// The engine table version last published.
     engine_version: u64,
     /// What clients see: grows whenever the published weights change, across engine rebuilds too.
@@ -142,6 +150,8 @@ pub(crate) struct Driver {
     clock: WallClock,
     /// This process's snapshot epoch (see `WeightSnapshot.epoch`).
     epoch: u64,
+    /// Seeds not yet used, by service (`persist.rs`); whether this coordinator leads (`election.rs`).
+    warm: crate::persist::Warm,
 }
 
 /// A random, non-zero epoch: a restarted coordinator's versions start again, and clients tell its
@@ -167,6 +177,7 @@ impl Driver {
         log: Arc<DecisionLog>,
         metrics: Arc<CoordinatorMetrics>,
         epoch: u64,
+        warm: crate::persist::Warm,
     ) -> Self {
         let Inbox {
             events,
@@ -184,6 +195,7 @@ impl Driver {
             metrics,
             clock: WallClock::new(now()),
             epoch,
+            warm,
         };
         driver.apply_config(config);
         driver
@@ -234,6 +246,9 @@ impl Driver {
             Command::Subscribe(service, reply) => {
                 let _ = reply.send(self.services.get(&service).map(|s| s.weights.subscribe()));
             }
+            Command::Mirror(snapshot) => self.mirror(snapshot),
+            Command::Promote(seeds) => self.promote(seeds),
+            Command::Demote => self.demote(),
         }
     }
 
@@ -335,6 +350,10 @@ impl Driver {
         let Some(service) = self.services.get_mut(name) else {
             return;
         };
+        if !self.warm.leading.load(Ordering::Relaxed) {
+            standby::stand_by(service, resend);
+            return;
+        }
         let decisions: Vec<Decision> =
             std::iter::from_fn(|| service.engine.poll_decision()).collect();
         let alerts: Vec<Alert> = std::iter::from_fn(|| service.engine.poll_alert()).collect();
@@ -448,6 +467,10 @@ impl Driver {
                 EndpointSource::Static,
                 now,
             );
+        }
+        if let Some(seed) = self.warm.seeds.remove(&service.name) {
+            let taken = runtime.engine.seed(now, seed.shares, &seed.origin);
+            tracing::info!(service = %service.name, endpoints = taken, origin = %seed.origin, "engine seeded");
         }
         runtime.source_tasks = self.spawn_sources(service);
         self.services.insert(service.name.clone(), runtime);

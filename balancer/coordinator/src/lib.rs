@@ -23,12 +23,14 @@ pub mod config;
 mod decision_log;
 mod dns;
 mod driver;
+mod election;
 pub mod embedded;
 mod error;
 mod etcd;
 mod http;
 mod ingest;
 pub mod metrics;
+mod persist;
 mod service;
 mod xds;
 
@@ -179,7 +181,17 @@ impl Coordinator {
             commands: command_rx,
             command_sender: command_tx.downgrade(),
         };
-        let driver = Driver::new(config, settings, inbox, log.clone(), metrics.clone(), epoch);
+        let warm = persist::prepare(&config, &metrics).await;
+        let ha = persist::Background::of(&config, &warm);
+        let driver = Driver::new(
+            config,
+            settings,
+            inbox,
+            log.clone(),
+            metrics.clone(),
+            epoch,
+            warm,
+        );
         let driver = tokio::spawn(driver.run());
         let handle = Arc::new(CoordinatorHandle {
             commands: command_tx,
@@ -193,6 +205,7 @@ impl Coordinator {
             Some(addr) => Some(serve_grpc(addr, handle.clone()).await?),
             None => None,
         };
+        ha.spawn(&handle, grpc.as_ref().map(|(addr, _, _)| *addr));
         let http = match http_listen {
             Some(addr) => Some(http::serve(addr, handle.clone()).await?),
             None => None,

@@ -67,6 +67,15 @@ struct Args {
     /// Self-signed certificates and no authentication. Development only.
     #[arg(long, env = "LATERAL_INSECURE_DEV")]
     insecure_dev: bool,
+    /// HA: elect a leader among coordinators through these etcd URLs (comma-separated); overrides
+    /// [ha] etcd. Standbys republish the leader's weights; the last weights are kept in etcd.
+    #[arg(
+        long,
+        env = "LATERAL_HA_ETCD",
+        value_name = "URLS",
+        value_delimiter = ','
+    )]
+    ha_etcd: Vec<String>,
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
@@ -98,6 +107,16 @@ impl Args {
         }
         if self.insecure_dev {
             config.tls.insecure_dev = true;
+        }
+        if !self.ha_etcd.is_empty() {
+            match &mut config.ha {
+                Some(ha) => ha.etcd.clone_from(&self.ha_etcd),
+                None => {
+                    config.ha = Some(lateral_coordinator::config::HaConfig::with_urls(
+                        self.ha_etcd.clone(),
+                    ))
+                }
+            }
         }
         config.validate(&format!("{} (with flags)", self.config.display()))?;
         Ok(config)

@@ -55,6 +55,8 @@ struct Inner {
     /// Dynamic endpoint sources by (service, source label): whether the last attempt worked, and how many
     /// failed.
     sources: BTreeMap<(String, String), (bool, u64)>,
+    /// HA: whether this coordinator leads; `None` without `[ha]` (it leads alone).
+    leader: Option<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -302,6 +304,11 @@ impl CoordinatorMetrics {
 
     /// Records whether a dynamic endpoint source (`dns[0]`, `etcd[1]`) just listed its endpoints (`ok`) or
     /// failed to (it keeps the last ones).
+    /// HA: this coordinator now leads (`true`) or stands by.
+    pub(crate) fn set_leader(&self, leading: bool) {
+        self.lock().leader = Some(leading);
+    }
+
     pub(crate) fn on_source(&self, service: &str, source: &str, ok: bool) {
         let mut inner = self.lock();
         let entry = inner
@@ -563,6 +570,21 @@ impl CoordinatorMetrics {
                 if svc.static_fallback { 1.0 } else { 0.0 },
             );
         }
+        let name = "lateral_coordinator_leader";
+        w.family(
+            name,
+            Kind::Gauge,
+            "1 while this coordinator leads (always, without [ha]), 0 while it stands by.",
+        );
+        w.sample(
+            name,
+            &[],
+            if inner.leader.unwrap_or(true) {
+                1.0
+            } else {
+                0.0
+            },
+        );
         let name = "lateral_coordinator_source_up";
         w.family(
             name,

@@ -44,6 +44,8 @@ pub enum Rule {
     Oscillation,
     /// No usable data, or every endpoint unhealthy: configured static weights (or equal shares).
     StaticFallback,
+    /// No measurement yet: the shares a previous coordinator last published ([`crate::Engine::seed`]).
+    Seeded,
     /// The agent said goodbye or reports it is not accepting: share 0.
     Draining,
     /// A heartbeat was rejected.
@@ -71,6 +73,7 @@ impl Rule {
             Rule::CanaryPromotion => "canary.promotion",
             Rule::Oscillation => "oscillation",
             Rule::StaticFallback => "static_fallback",
+            Rule::Seeded => "seeded",
             Rule::Draining => "draining",
             Rule::Rejected => "rejected",
         }

@@ -77,6 +77,7 @@
 mod estimates;
 mod membership;
 mod records;
+mod seed;
 mod states;
 mod weights;
 
@@ -217,6 +218,10 @@ pub struct Engine {
     damped: bool,
     ever_had_data: bool,
     in_fallback: bool,
+    /// Shares to start from until the first measurement ([`Engine::seed`]); `None` once data arrived.
+    seed: Option<HashMap<String, f64>>,
+    /// This recomputation published seeded shares.
+    seeding: bool,
     drift_from: Option<Instant>,
     scratch_w: Vec<f64>,
     scratch_calc: Vec<f64>,
@@ -260,6 +265,8 @@ impl Engine {
             damped: false,
             ever_had_data: false,
             in_fallback: false,
+            seed: None,
+            seeding: false,
             drift_from: None,
             scratch_w: Vec::new(),
             scratch_calc: Vec::new(),

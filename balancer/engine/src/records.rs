@@ -101,6 +101,7 @@ impl Engine {
             Rule::Readmission => " (re-admission ramp)",
             Rule::Oscillation => " (damped: sawtooth detected)",
             Rule::StaticFallback => " (static fallback)",
+            Rule::Seeded => " (seeded)",
             _ => "",
         };
         let _ = write!(s, "share {old_w:.3} -> {new_w:.3}{what}");
@@ -163,6 +164,7 @@ impl Engine {
             if state != rec_state || (new_w - rec_w).abs() >= min_step || pending.is_some() {
                 let (rule, prefix) = match pending {
                     Some((r, why)) => (r, Some(why)),
+                    None if self.seeding => (Rule::Seeded, None),
                     None if fallback => (Rule::StaticFallback, None),
                     None => (self.rule_for(i, new_w), None),
                 };

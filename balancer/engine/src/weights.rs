@@ -30,7 +30,12 @@ impl Engine {
         self.refresh_estimates(now);
         // The first measured weights replace the start-up guess outright: smoothing exists to keep noise
         // from walking a converged weight, and a guess (equal shares, or declared slots) is not one.
-        let alpha = if had_data { alpha } else { 1.0 };
+        // A seed is a converged weight ([`Engine::seed`]): measurements are smoothed from it.
+        let alpha = if had_data || self.seed.is_some() {
+            alpha
+        } else {
+            1.0
+        };
 
         let n = self.endpoints.len();
         self.scratch_w.clear();
@@ -58,8 +63,15 @@ impl Engine {
             .iter()
             .any(|e| e.state.is_live() && e.capacity.is_some());
         let fallback = n > 0 && (!healthy || !live_with_data);
+        let seeding = fallback && healthy && !self.ever_had_data && self.seeded_weights();
+        if self.ever_had_data {
+            self.seed = None;
+        }
+        self.seeding = seeding;
         if fallback {
-            self.static_weights();
+            if !seeding {
+                self.static_weights();
+            }
             if !self.in_fallback && self.ever_had_data {
                 let why = if healthy {
                     "no live endpoint has usable data"
@@ -88,7 +100,7 @@ impl Engine {
                 Some(now + self.config.heartbeat_interval * self.config.window_len as u32);
         }
         self.in_fallback = fallback;
-        self.publish(now, fallback, fallback_changed);
+        self.publish(now, fallback && !seeding, fallback_changed);
     }
 
     pub(crate) fn static_weights(&mut self) {

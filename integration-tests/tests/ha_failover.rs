@@ -1,0 +1,191 @@
+//! HA through a real etcd (Debian `etcd-server`, started by the test on loopback): two coordinators elect
+//! a leader on an etcd lease; the standby republishes the leader's weights to its own `WatchWeights`
+//! clients; when the leader dies (dropped without revoking its lease: a crash, as etcd sees it) the
+//! standby leads within 2 s and publishes seeded weights — the clients' weights continue, never static.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lateral_coordinator::Coordinator;
+use lateral_coordinator::config::HaConfig;
+use lateral_integration_tests::*;
+use lateral_proto::etcd::etcdserverpb::RangeRequest;
+use lateral_proto::etcd::etcdserverpb::kv_client::KvClient;
+
+const ETCD: &str = "/usr/bin/etcd";
+
+/// An etcd of its own on loopback, with a short election timeout so that its minimum lease TTL is 1 s
+/// (etcd raises shorter TTLs to 1.5 × the election timeout, rounded up to seconds).
+struct Etcd {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+}
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("a local address")
+}
+
+impl Etcd {
+    async fn start() -> Self {
+        assert!(
+            std::path::Path::new(ETCD).exists(),
+            "{ETCD} not found: `.ci/test` installs the Debian package etcd-server"
+        );
+        let client = free_port();
+        let peer = format!("http://{}", free_port());
+        let url = format!("http://{client}");
+        let dir = std::env::temp_dir().join(format!(
+            "lateral-ha-etcd-{}-{}",
+            std::process::id(),
+            client.port()
+        ));
+        let child = Command::new(ETCD)
+            .args(["--name", "lateral-ha"])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--listen-client-urls", &url])
+            .args(["--advertise-client-urls", &url])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("lateral-ha={peer}")])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        let etcd = Self { child, url, dir };
+        let url = etcd.url.clone();
+        eventually(Duration::from_secs(20), "etcd answers", || {
+            let url = url.clone();
+            async move {
+                let Ok(mut kv) = KvClient::connect(url).await else {
+                    return false;
+                };
+                kv.range(RangeRequest {
+                    key: b"/".to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+            }
+        })
+        .await;
+        etcd
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `lateral_coordinator_leader` as the coordinator exports it.
+fn leads(coordinator: &Coordinator) -> bool {
+    coordinator
+        .handle()
+        .render_prometheus()
+        .lines()
+        .any(|l| l.trim() == "lateral_coordinator_leader 1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_takes_over_within_two_seconds_from_the_leaders_weights() {
+    let etcd = Etcd::start().await;
+    let pki = Pki::new("test-ca");
+    let ([a, b], mut config) = fleet(&pki, [("a", 8, 5), ("b", 8, 20)]).await;
+    config.ha = Some(HaConfig::with_urls(vec![etcd.url.clone()]));
+    let _load_a = steady_load(a.uri(), 100);
+    let _load_b = steady_load(b.uri(), 100);
+
+    let first = Coordinator::start(config.clone())
+        .await
+        .expect("start the first");
+    eventually(
+        Duration::from_secs(10),
+        "the first coordinator leads",
+        || {
+            let l = leads(&first);
+            async move { l }
+        },
+    )
+    .await;
+    config.listen.grpc = Some(any_port());
+    let second = Coordinator::start(config).await.expect("start the second");
+    let leader_epoch = first.handle().epoch();
+    let own_epoch = second.handle().epoch();
+    assert!(
+        !leads(&second),
+        "the second stands by while the first leads"
+    );
+
+    // The standby's clients get the leader's measured weights.
+    let mut watcher = Watcher::connect(second.grpc_addr().expect("gRPC"), "svc").await;
+    let mirrored = watcher
+        .until(
+            Duration::from_secs(15),
+            "the leader's 4:1 shares from the standby",
+            |s| s.epoch == leader_epoch && entry(s, "a").is_some_and(|(w, _)| w > 0.7),
+        )
+        .await;
+    let before = entry(&mirrored, "a").map_or(0.0, |(w, _)| w);
+
+    drop(first);
+    let died = Instant::now();
+    eventually(
+        Duration::from_secs(2),
+        "the standby leads within 2 s",
+        || {
+            let l = leads(&second);
+            async move { l }
+        },
+    )
+    .await;
+    let takeover = died.elapsed();
+    let own = watcher
+        .until(
+            Duration::from_secs(2),
+            "the new leader's own weights",
+            |s| {
+                assert!(
+                    !s.static_fallback,
+                    "weights never fall back to static: {}",
+                    describe(s)
+                );
+                s.epoch == own_epoch
+            },
+        )
+        .await;
+    let after = entry(&own, "a").map_or(0.0, |(w, _)| w);
+    println!(
+        "takeover {:.0} ms after the leader died; a's share {before:.3} before, {after:.3} first from the new leader ({})",
+        takeover.as_secs_f64() * 1e3,
+        describe(&own)
+    );
+    assert!((after - before).abs() < 0.1, "no jump: {before} -> {after}");
+    let (decisions, _) = second.handle().decisions().query("svc", "", 0, 1000);
+    assert!(
+        decisions.iter().any(|d| d.rule == "seeded"),
+        "the new leader's records say it was seeded"
+    );
+    // It keeps publishing measured weights of its own.
+    watcher
+        .until(
+            Duration::from_secs(10),
+            "measured shares from the new leader",
+            |s| {
+                assert!(!s.static_fallback, "{}", describe(s));
+                s.epoch == own_epoch
+                    && s.endpoints.iter().all(|e| e.rule != "seeded")
+                    && entry(s, "a").is_some_and(|(w, _)| w > 0.7)
+            },
+        )
+        .await;
+    second.shutdown().await;
+}
