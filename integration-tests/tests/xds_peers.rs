@@ -132,10 +132,7 @@ async fn coordinator(
         .expect("start the coordinator")
 }
 
-fn with_capacity(
-    backend: &Backend,
-    capacity: u32,
-) -> lateral_coordinator::config::EndpointConfig {
+fn with_capacity(backend: &Backend, capacity: u32) -> lateral_coordinator::config::EndpointConfig {
     lateral_coordinator::config::EndpointConfig {
         declared_capacity: Some(capacity),
         ..endpoint_of(backend)

@@ -267,8 +267,7 @@ impl CoordinatorConfig {
         }
         crate::engine::Engine::new(self.engine.clone())
             .map_err(|e| bad(format!("engine.{}", e.field), e.expected.clone()))?;
-        crate::xds::validate(self)
-            .map_err(|(field, expected)| bad(field, expected))?;
+        crate::xds::validate(self).map_err(|(field, expected)| bad(field, expected))?;
         let tls = &self.tls;
         let files = [
             tls.ca.is_some() || tls.ca_pem.is_some(),

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use lateral_agent::measurement::{Measurement, MeasurementSource};
 use lateral_agent::reporter::{Reporter, ReporterHandle, ReporterOptions};
-use lateral_proto::heartbeat::{self, Hello, MAGIC, MAX_BODY_LEN, Message, PROTOCOL_VERSION};
 use lateral_ops::tls::{self, DevPki, TlsMode};
+use lateral_proto::heartbeat::{self, Hello, MAGIC, MAX_BODY_LEN, Message, PROTOCOL_VERSION};
 use quinn::crypto::rustls::QuicServerConfig;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
