@@ -1,25 +1,21 @@
 //! The agent's own Prometheus endpoint (`--metrics-listen`): what it measured in the last window and totals
-//! since start, in the text exposition format (HELP/TYPE per family, label values escaped).
+//! since start, in the text exposition format, written by `lateral_ops::prometheus::TextWriter` and served by
+//! `lateral_ops::http_server` (the coordinator uses both too).
 //!
 //! [`Metered`] wraps the [`MeasurementSource`] the reporter reads: every closed window is observed here on its
 //! way to the coordinators, so `/metrics` and the heartbeats always show the same numbers. Nothing is measured
 //! twice and no request path touches this module.
 
-use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
+use lateral_ops::http_server::{self, HttpServer, ServerConfig};
+use lateral_ops::prometheus::{CONTENT_TYPE, Kind, TextWriter};
 
 use crate::Error;
 use crate::measurement::{Measurement, MeasurementSource};
@@ -68,17 +64,16 @@ impl AgentMetrics {
 
     /// The Prometheus text exposition.
     pub fn render_prometheus(&self) -> String {
-        let mut out = String::new();
-        let ep = escape(&self.endpoint);
-        let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (extra, value) in samples {
-                let _ = writeln!(
-                    out,
-                    "{name}{{endpoint=\"{ep}\"{extra}}} {}",
-                    fmt_value(*value)
-                );
+        let mut w = TextWriter::default();
+        let endpoint = ("endpoint", self.endpoint.as_str());
+        // A family with the samples it has now (none before the first window for the windowed ones).
+        let mut family = |name: &str, kind: Kind, help: &str, samples: &[(Option<&str>, f64)]| {
+            w.family(name, kind, help);
+            for (quantile, value) in samples {
+                match quantile {
+                    Some(q) => w.sample(name, &[endpoint, ("quantile", q)], *value),
+                    None => w.sample(name, &[endpoint], *value),
+                }
             }
         };
         let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -89,21 +84,21 @@ impl AgentMetrics {
         };
         family(
             "lateral_agent_in_flight",
-            "gauge",
+            Kind::Gauge,
             "Requests in flight at the backend (live for the layer and the proxy, else at the last window).",
-            &in_flight.map(|v| vec![("", v)]).unwrap_or_default(),
+            &in_flight.map(|v| vec![(None, v)]).unwrap_or_default(),
         );
         let (quantiles, mean, errors, rps, accepting) = match &last {
             Some(m) => {
                 let secs = m.window.as_secs_f64();
                 (
                     vec![
-                        (",quantile=\"0.5\"", m.latency_p50.as_secs_f64()),
-                        (",quantile=\"0.99\"", m.latency_p99.as_secs_f64()),
+                        (Some("0.5"), m.latency_p50.as_secs_f64()),
+                        (Some("0.99"), m.latency_p99.as_secs_f64()),
                     ],
-                    vec![("", m.latency_mean.as_secs_f64())],
+                    vec![(None, m.latency_mean.as_secs_f64())],
                     vec![(
-                        "",
+                        None,
                         if m.completed == 0 {
                             0.0
                         } else {
@@ -111,106 +106,86 @@ impl AgentMetrics {
                         },
                     )],
                     vec![(
-                        "",
+                        None,
                         if secs > 0.0 {
                             m.completed as f64 / secs
                         } else {
                             0.0
                         },
                     )],
-                    vec![("", if m.accepting { 1.0 } else { 0.0 })],
+                    vec![(None, if m.accepting { 1.0 } else { 0.0 })],
                 )
             }
             None => Default::default(),
         };
         family(
             "lateral_agent_latency_seconds",
-            "gauge",
+            Kind::Gauge,
             "Latency quantiles over the last heartbeat window, seconds.",
             &quantiles,
         );
         family(
             "lateral_agent_latency_mean_seconds",
-            "gauge",
+            Kind::Gauge,
             "Mean latency over the last heartbeat window, seconds.",
             &mean,
         );
         family(
             "lateral_agent_error_ratio",
-            "gauge",
+            Kind::Gauge,
             "Failed / completed requests over the last heartbeat window.",
             &errors,
         );
         family(
             "lateral_agent_requests_per_second",
-            "gauge",
+            Kind::Gauge,
             "Completed requests per second over the last heartbeat window.",
             &rps,
         );
         family(
             "lateral_agent_accepting",
-            "gauge",
+            Kind::Gauge,
             "1 while the backend accepts new requests, 0 while draining.",
             &accepting,
         );
         let capacity = last
             .as_ref()
             .and_then(|m| m.declared_capacity)
-            .map(|c| vec![("", f64::from(c))])
+            .map(|c| vec![(None, f64::from(c))])
             .unwrap_or_default();
         family(
             "lateral_agent_declared_capacity",
-            "gauge",
+            Kind::Gauge,
             "Declared capacity in concurrent requests, when configured.",
             &capacity,
         );
         family(
             "lateral_agent_requests_total",
-            "counter",
+            Kind::Counter,
             "Requests completed (successes and failures) since the agent started.",
-            &[("", self.completed.load(Ordering::Relaxed) as f64)],
+            &[(None, self.completed.load(Ordering::Relaxed) as f64)],
         );
         family(
             "lateral_agent_failures_total",
-            "counter",
+            Kind::Counter,
             "Requests failed (by grpc-status) since the agent started.",
-            &[("", self.failed.load(Ordering::Relaxed) as f64)],
+            &[(None, self.failed.load(Ordering::Relaxed) as f64)],
         );
         family(
             "lateral_agent_windows_total",
-            "counter",
+            Kind::Counter,
             "Measurement windows closed (one per heartbeat interval).",
-            &[("", self.windows.load(Ordering::Relaxed) as f64)],
+            &[(None, self.windows.load(Ordering::Relaxed) as f64)],
         );
         if let Some(r) = &self.recorder {
             family(
                 "lateral_agent_cancelled_total",
-                "counter",
+                Kind::Counter,
                 "Requests the client abandoned before the response ended.",
-                &[("", r.cancelled_total() as f64)],
+                &[(None, r.cancelled_total() as f64)],
             );
         }
-        out
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn fmt_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 {
-            "+Inf".into()
-        } else {
-            "-Inf".into()
-        }
-    } else {
-        v.to_string()
+        w.finish()
     }
 }
 
@@ -238,69 +213,40 @@ impl MeasurementSource for Metered {
 /// A running metrics server; dropping it stops it.
 #[derive(Debug)]
 pub struct MetricsServer {
-    local_addr: SocketAddr,
-    task: JoinHandle<()>,
+    server: HttpServer,
 }
 
 impl MetricsServer {
     /// Where it listens.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.server.local_addr()
+    }
+
+    /// Stops it, letting a scrape in flight finish (bounded; see `lateral_ops::http_server`).
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
     }
 }
 
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Serves `GET /metrics` on `addr` (HTTP/1.1).
+/// Serves `GET /metrics` on `addr` (HTTP/1.1, the shared `lateral_ops::http_server`).
 pub async fn serve(addr: SocketAddr, metrics: Arc<AgentMetrics>) -> Result<MetricsServer, Error> {
-    let listener = TcpListener::bind(addr).await?;
-    let local_addr = listener.local_addr()?;
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let task = tokio::spawn(async move {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                continue;
-            };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let metrics = metrics.clone();
-                    async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
-                }
-                drop(permit);
-            });
-        }
-    });
+    let config = ServerConfig::new("agent metrics").max_connections(MAX_CONNECTIONS);
+    let server = http_server::serve(addr, config, move |req| {
+        std::future::ready(respond(&req, &metrics))
+    })
+    .await
+    .map_err(|e| match e {
+        lateral_ops::Error::Bind { source, .. } => Error::Io(source),
+        other => Error::Transport(other.to_string()),
+    })?;
+    let local_addr = server.local_addr();
     tracing::info!(%local_addr, "agent metrics at http://{local_addr}/metrics");
-    Ok(MetricsServer { local_addr, task })
+    Ok(MetricsServer { server })
 }
 
 fn respond(req: &Request<Incoming>, metrics: &AgentMetrics) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render_prometheus(),
-        ),
+        (&Method::GET, "/metrics") => (StatusCode::OK, CONTENT_TYPE, metrics.render_prometheus()),
         (&Method::GET, _) => (
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -323,6 +269,8 @@ fn respond(req: &Request<Incoming>, metrics: &AgentMetrics) -> Response<Full<Byt
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

@@ -1,12 +1,14 @@
 //! A small metrics registry for the client, rendered as Prometheus text.
 //!
-//! Plain atomics; no metrics crate. Counters for endpoints that a snapshot removed stay in the registry
+//! Plain atomics; the text is written by `lateral_ops::prometheus::TextWriter`, the one writer the agent and
+//! the coordinator use too. Counters for endpoints that a snapshot removed stay in the registry
 //! (Prometheus counters must not vanish); the set is bounded by the distinct endpoint ids ever seen.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use lateral_ops::prometheus::{Kind, TextWriter};
 
 /// The client's metrics. Obtain it with [`Balancer::metrics`](super::Balancer::metrics).
 #[derive(Debug)]
@@ -134,94 +136,220 @@ impl ClientMetrics {
 
     /// Renders every metric in the Prometheus text exposition format.
     pub fn render_prometheus(&self) -> String {
-        let mut out = String::new();
-        let service = escape(&self.service);
-        let mut scalar = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{service=\"{service}\"}} {value}"
-            );
-        };
-        scalar(
-            "lateral_client_requests_total",
-            "counter",
-            "Requests handled (not counting retries).",
-            self.requests(),
-        );
-        scalar(
-            "lateral_client_retries_total",
-            "counter",
-            "Retries sent on another endpoint.",
-            self.retries(),
-        );
-        scalar(
-            "lateral_client_retry_budget_exhausted_total",
-            "counter",
-            "Retries refused by the retry budget.",
-            self.budget_exhausted(),
-        );
-        scalar(
-            "lateral_client_no_endpoint_total",
-            "counter",
-            "Requests failed fast with no endpoint available.",
-            self.no_endpoint(),
-        );
-        scalar(
-            "lateral_client_weights_stale",
-            "gauge",
-            "1 when no snapshot arrived within two heartbeat intervals.",
-            u64::from(self.stale()),
-        );
-        scalar(
-            "lateral_client_stale_events_total",
-            "counter",
-            "Times the weights went stale.",
-            self.stale_events(),
-        );
-        scalar(
-            "lateral_client_snapshot_version",
-            "gauge",
-            "Version of the weight snapshot in use.",
-            self.snapshot_version(),
-        );
-        scalar(
-            "lateral_client_snapshots_total",
-            "counter",
-            "Weight snapshots applied.",
-            self.snapshots(),
-        );
-        scalar(
-            "lateral_client_orca_reports_total",
-            "counter",
-            "ORCA load reports read from responses.",
-            self.orca_reports.load(Ordering::Relaxed),
-        );
-        scalar(
-            "lateral_client_stalled_attempts_total",
-            "counter",
-            "Attempts whose endpoint answered nothing past its stall bound (set aside locally).",
-            self.stalled(),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP lateral_client_picks_total Picks per endpoint.\n# TYPE lateral_client_picks_total counter"
-        );
+        let mut w = TextWriter::default();
+        let service = [("service", self.service.as_str())];
+        for (name, kind, help, value) in [
+            (
+                "lateral_client_requests_total",
+                Kind::Counter,
+                "Requests handled (not counting retries).",
+                self.requests(),
+            ),
+            (
+                "lateral_client_retries_total",
+                Kind::Counter,
+                "Retries sent on another endpoint.",
+                self.retries(),
+            ),
+            (
+                "lateral_client_retry_budget_exhausted_total",
+                Kind::Counter,
+                "Retries refused by the retry budget.",
+                self.budget_exhausted(),
+            ),
+            (
+                "lateral_client_no_endpoint_total",
+                Kind::Counter,
+                "Requests failed fast with no endpoint available.",
+                self.no_endpoint(),
+            ),
+            (
+                "lateral_client_weights_stale",
+                Kind::Gauge,
+                "1 when no snapshot arrived within two heartbeat intervals.",
+                u64::from(self.stale()),
+            ),
+            (
+                "lateral_client_stale_events_total",
+                Kind::Counter,
+                "Times the weights went stale.",
+                self.stale_events(),
+            ),
+            (
+                "lateral_client_snapshot_version",
+                Kind::Gauge,
+                "Version of the weight snapshot in use.",
+                self.snapshot_version(),
+            ),
+            (
+                "lateral_client_snapshots_total",
+                Kind::Counter,
+                "Weight snapshots applied.",
+                self.snapshots(),
+            ),
+            (
+                "lateral_client_orca_reports_total",
+                Kind::Counter,
+                "ORCA load reports read from responses.",
+                self.orca_reports.load(Ordering::Relaxed),
+            ),
+            (
+                "lateral_client_stalled_attempts_total",
+                Kind::Counter,
+                "Attempts whose endpoint answered nothing past its stall bound (set aside locally).",
+                self.stalled(),
+            ),
+        ] {
+            w.family(name, kind, help);
+            w.sample(name, &service, value as f64);
+        }
+        let name = "lateral_client_picks_total";
+        w.family(name, Kind::Counter, "Picks per endpoint.");
         for (id, picks) in self.picks() {
-            let _ = writeln!(
-                out,
-                "lateral_client_picks_total{{service=\"{service}\",endpoint=\"{}\"}} {picks}",
-                escape(&id)
+            w.sample(
+                name,
+                &[("service", &self.service), ("endpoint", &id)],
+                picks as f64,
             );
         }
-        self.split.render(&mut out, &service);
-        self.zones.render(&mut out, &service);
-        out
+        self.split.render(&mut w, &self.service);
+        self.zones.render(&mut w, &self.service);
+        w.finish()
     }
 }
 
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::split::Group;
+    use super::*;
+
+    /// The exposition is what the hand-written writer produced before `TextWriter` took over, byte for byte:
+    /// dashboards and alert rules read these names, labels and types.
+    #[test]
+    fn the_exposition_keeps_its_names_labels_types_and_order() {
+        let metrics = ClientMetrics::new("a\"b");
+        metrics.requests.fetch_add(3, Ordering::Relaxed);
+        metrics.picks_counter("e1").fetch_add(2, Ordering::Relaxed);
+        metrics.split.enable();
+        metrics
+            .split
+            .record(Group::Dynamic, Duration::from_millis(3), true);
+        metrics
+            .split
+            .record(Group::Static, Duration::from_millis(20), false);
+        metrics.zones.enable();
+        let mut expected = String::new();
+        for (name, kind, help, value) in [
+            (
+                "lateral_client_requests_total",
+                "counter",
+                "Requests handled (not counting retries).",
+                3,
+            ),
+            (
+                "lateral_client_retries_total",
+                "counter",
+                "Retries sent on another endpoint.",
+                0,
+            ),
+            (
+                "lateral_client_retry_budget_exhausted_total",
+                "counter",
+                "Retries refused by the retry budget.",
+                0,
+            ),
+            (
+                "lateral_client_no_endpoint_total",
+                "counter",
+                "Requests failed fast with no endpoint available.",
+                0,
+            ),
+            (
+                "lateral_client_weights_stale",
+                "gauge",
+                "1 when no snapshot arrived within two heartbeat intervals.",
+                0,
+            ),
+            (
+                "lateral_client_stale_events_total",
+                "counter",
+                "Times the weights went stale.",
+                0,
+            ),
+            (
+                "lateral_client_snapshot_version",
+                "gauge",
+                "Version of the weight snapshot in use.",
+                0,
+            ),
+            (
+                "lateral_client_snapshots_total",
+                "counter",
+                "Weight snapshots applied.",
+                0,
+            ),
+            (
+                "lateral_client_orca_reports_total",
+                "counter",
+                "ORCA load reports read from responses.",
+                0,
+            ),
+            (
+                "lateral_client_stalled_attempts_total",
+                "counter",
+                "Attempts whose endpoint answered nothing past its stall bound (set aside locally).",
+                0,
+            ),
+        ] {
+            expected.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{service=\"a\\\"b\"}} {value}\n"
+            ));
+        }
+        expected.push_str(concat!(
+            "# HELP lateral_client_picks_total Picks per endpoint.\n",
+            "# TYPE lateral_client_picks_total counter\n",
+            "lateral_client_picks_total{service=\"a\\\"b\",endpoint=\"e1\"} 2\n",
+            "# HELP lateral_client_group_requests_total Requests completed per rollout group (dynamic or static weights).\n",
+            "# TYPE lateral_client_group_requests_total counter\n",
+            "lateral_client_group_requests_total{service=\"a\\\"b\",group=\"dynamic\"} 1\n",
+            "lateral_client_group_requests_total{service=\"a\\\"b\",group=\"static\"} 1\n",
+            "# HELP lateral_client_group_errors_total Failed requests per rollout group.\n",
+            "# TYPE lateral_client_group_errors_total counter\n",
+            "lateral_client_group_errors_total{service=\"a\\\"b\",group=\"dynamic\"} 0\n",
+            "lateral_client_group_errors_total{service=\"a\\\"b\",group=\"static\"} 1\n",
+            "# HELP lateral_client_group_latency_seconds Time from the call to the end of the response, per rollout group.\n",
+            "# TYPE lateral_client_group_latency_seconds histogram\n",
+        ));
+        let bounds = [
+            "0.001", "0.002", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5",
+            "10", "+Inf",
+        ];
+        for (group, first_full, sum) in [("dynamic", 2, "0.003"), ("static", 4, "0.02")] {
+            let labels = format!("service=\"a\\\"b\",group=\"{group}\"");
+            for (i, le) in bounds.iter().enumerate() {
+                let count = u8::from(i >= first_full);
+                expected.push_str(&format!(
+                    "lateral_client_group_latency_seconds_bucket{{{labels},le=\"{le}\"}} {count}\n"
+                ));
+            }
+            expected.push_str(&format!(
+                "lateral_client_group_latency_seconds_sum{{{labels}}} {sum}\n\
+                 lateral_client_group_latency_seconds_count{{{labels}}} 1\n"
+            ));
+        }
+        expected.push_str(concat!(
+            "# HELP lateral_client_zone_spilling 1 while requests spill out of the local zone.\n",
+            "# TYPE lateral_client_zone_spilling gauge\n",
+            "lateral_client_zone_spilling{service=\"a\\\"b\"} 0\n",
+            "# HELP lateral_client_zone_local_fraction The fraction of requests the local zone gets (1 in local mode).\n",
+            "# TYPE lateral_client_zone_local_fraction gauge\n",
+            "lateral_client_zone_local_fraction{service=\"a\\\"b\"} 1\n",
+            "# HELP lateral_client_zone_transitions_total Changes between local and spill mode.\n",
+            "# TYPE lateral_client_zone_transitions_total counter\n",
+            "lateral_client_zone_transitions_total{service=\"a\\\"b\"} 0\n",
+        ));
+        assert_eq!(metrics.render_prometheus(), expected);
+    }
 }

@@ -24,7 +24,6 @@
 //!   `lateral_client_group_latency_seconds{group}`, a histogram with fixed buckets
 //!   ([`LATENCY_BUCKETS_MS`]) of the time from the call to the end of the response (its trailers).
 
-use std::fmt::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +32,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::Response;
 use http_body::{Frame, SizeHint};
+use lateral_ops::prometheus::{Kind, TextWriter};
 use tokio::time::Instant;
 use tonic::body::Body;
 
@@ -220,54 +220,46 @@ impl SplitMetrics {
     }
 
     /// Appends the per-group series (only when a split is configured).
-    pub(crate) fn render(&self, out: &mut String, service: &str) {
+    pub(crate) fn render(&self, w: &mut TextWriter, service: &str) {
         if !self.enabled() {
             return;
         }
         let groups = [Group::Dynamic, Group::Static].map(|g| (g.label(), self.stats(g)));
-        let _ = writeln!(
-            out,
-            "# HELP lateral_client_group_requests_total Requests completed per rollout group (dynamic or static weights).\n# TYPE lateral_client_group_requests_total counter"
+        let name = "lateral_client_group_requests_total";
+        w.family(
+            name,
+            Kind::Counter,
+            "Requests completed per rollout group (dynamic or static weights).",
         );
         for (label, s) in &groups {
-            let _ = writeln!(
-                out,
-                "lateral_client_group_requests_total{{service=\"{service}\",group=\"{label}\"}} {}",
-                s.requests
+            w.sample(
+                name,
+                &[("service", service), ("group", label)],
+                s.requests as f64,
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP lateral_client_group_errors_total Failed requests per rollout group.\n# TYPE lateral_client_group_errors_total counter"
-        );
+        let name = "lateral_client_group_errors_total";
+        w.family(name, Kind::Counter, "Failed requests per rollout group.");
         for (label, s) in &groups {
-            let _ = writeln!(
-                out,
-                "lateral_client_group_errors_total{{service=\"{service}\",group=\"{label}\"}} {}",
-                s.errors
+            w.sample(
+                name,
+                &[("service", service), ("group", label)],
+                s.errors as f64,
             );
         }
         let name = "lateral_client_group_latency_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time from the call to the end of the response, per rollout group.\n# TYPE {name} histogram"
+        w.family(
+            name,
+            Kind::Histogram,
+            "Time from the call to the end of the response, per rollout group.",
         );
         for (label, s) in &groups {
-            for (le, count) in &s.latency_buckets {
-                let le = if le.is_finite() {
-                    format!("{le}")
-                } else {
-                    "+Inf".to_string()
-                };
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{service=\"{service}\",group=\"{label}\",le=\"{le}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "{name}_sum{{service=\"{service}\",group=\"{label}\"}} {}\n{name}_count{{service=\"{service}\",group=\"{label}\"}} {}",
-                s.latency_sum_seconds, s.requests
+            w.histogram(
+                name,
+                &[("service", service), ("group", label)],
+                &s.latency_buckets,
+                s.latency_sum_seconds,
+                s.requests,
             );
         }
     }

@@ -58,10 +58,10 @@
 //! leave it off when zones are not symmetric in clients and capacity (the global weights do better there).
 //! Key-hashed requests ignore the zone: a key has one owner across all zones.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use lateral_ops::prometheus::{Kind, TextWriter};
 use tokio::time::Instant;
 
 /// The thresholds of zone preference (see the module docs).
@@ -380,25 +380,33 @@ impl ZoneMetrics {
     }
 
     /// Appends the zone series (only when zone preference is on).
-    pub(crate) fn render(&self, out: &mut String, service: &str) {
+    pub(crate) fn render(&self, w: &mut TextWriter, service: &str) {
         if !self.enabled.load(Ordering::Relaxed) {
             return;
         }
-        let _ = writeln!(
-            out,
-            "# HELP lateral_client_zone_spilling 1 while requests spill out of the local zone.\n# TYPE lateral_client_zone_spilling gauge\nlateral_client_zone_spilling{{service=\"{service}\"}} {}",
-            u64::from(self.spilling())
-        );
-        let _ = writeln!(
-            out,
-            "# HELP lateral_client_zone_local_fraction The fraction of requests the local zone gets (1 in local mode).\n# TYPE lateral_client_zone_local_fraction gauge\nlateral_client_zone_local_fraction{{service=\"{service}\"}} {}",
-            self.local_fraction()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP lateral_client_zone_transitions_total Changes between local and spill mode.\n# TYPE lateral_client_zone_transitions_total counter\nlateral_client_zone_transitions_total{{service=\"{service}\"}} {}",
-            self.transitions()
-        );
+        for (name, kind, help, value) in [
+            (
+                "lateral_client_zone_spilling",
+                Kind::Gauge,
+                "1 while requests spill out of the local zone.",
+                f64::from(u8::from(self.spilling())),
+            ),
+            (
+                "lateral_client_zone_local_fraction",
+                Kind::Gauge,
+                "The fraction of requests the local zone gets (1 in local mode).",
+                self.local_fraction(),
+            ),
+            (
+                "lateral_client_zone_transitions_total",
+                Kind::Counter,
+                "Changes between local and spill mode.",
+                self.transitions() as f64,
+            ),
+        ] {
+            w.family(name, kind, help);
+            w.sample(name, &[("service", service)], value);
+        }
     }
 }
 

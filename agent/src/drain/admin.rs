@@ -7,86 +7,67 @@
 //!
 //! There is no authentication: bind it to a loopback address (the binary refuses anything else).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use lateral_ops::http_server::{self, HttpServer, PeerAddr, ServerConfig};
 
 use super::DrainSwitch;
 use crate::Error;
 
 const MAX_REASON: usize = 256;
 
+/// Connections served at once; more are closed (an orchestrator's probe and an operator need a few).
+const MAX_CONNECTIONS: usize = 16;
+
 /// A running admin endpoint; stops when dropped or on [`AdminHandle::shutdown`].
 #[derive(Debug)]
 pub struct AdminHandle {
-    local_addr: SocketAddr,
-    task: JoinHandle<()>,
+    server: HttpServer,
 }
 
 impl AdminHandle {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.server.local_addr()
     }
 
-    /// Stops accepting admin requests.
+    /// Stops accepting admin requests (at once; a request in flight is cut).
     pub fn shutdown(self) {
-        self.task.abort();
+        drop(self.server);
     }
 }
 
-impl Drop for AdminHandle {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Serves the admin endpoint on `addr` (which should be loopback), triggering `switch`.
+/// Serves the admin endpoint on `addr` (which should be loopback), triggering `switch`, on the shared
+/// `lateral_ops::http_server` (a connection limit and a header read timeout).
 pub async fn serve(addr: SocketAddr, switch: DrainSwitch) -> Result<AdminHandle, Error> {
-    let listener = TcpListener::bind(addr).await?;
-    let local_addr = listener.local_addr()?;
+    let config = ServerConfig::new("agent admin").max_connections(MAX_CONNECTIONS);
+    let server = http_server::serve(addr, config, move |req: Request<Incoming>| {
+        let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+        handle(req, switch.clone(), peer)
+    })
+    .await
+    .map_err(|e| match e {
+        lateral_ops::Error::Bind { source, .. } => Error::Io(source),
+        other => Error::Transport(other.to_string()),
+    })?;
+    let local_addr = server.local_addr();
     tracing::info!(%local_addr, "admin endpoint listening (POST /drain, GET /healthz)");
-    let task = tokio::spawn(async move {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let switch = switch.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| handle(req, switch.clone(), peer));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-                }
-            });
-        }
-    });
-    Ok(AdminHandle { local_addr, task })
+    Ok(AdminHandle { server })
 }
 
 async fn handle(
     req: Request<Incoming>,
     switch: DrainSwitch,
-    peer: SocketAddr,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+    peer: Option<SocketAddr>,
+) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, body: &'static str| {
         let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *response.status_mut() = status;
-        Ok(response)
+        response
     };
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/drain") => {
@@ -102,7 +83,7 @@ async fn handle(
             } else {
                 reason
             };
-            tracing::info!(%peer, %reason, "admin drain request");
+            tracing::info!(?peer, %reason, "admin drain request");
             if switch.drain(reason) {
                 reply(StatusCode::ACCEPTED, "draining\n")
             } else {

@@ -10,6 +10,7 @@
 //!
 //! Bounded: at most [`MAX_CONNECTIONS`] connections and [`MAX_EVENT_STREAMS`] event streams; beyond that new
 //! ones are refused (closed, or `503`). Nothing here is on the weight path: the server reads shared state.
+//! The accept loop, its limits and its graceful stop are `lateral_ops::http_server`, shared with the agent.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,12 +22,10 @@ use futures_util::StreamExt as _;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
+use lateral_ops::http_server::{self, HttpServer, ServerConfig};
 use lateral_proto::coordinator as pb;
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::Semaphore;
 
 use super::CoordinatorHandle;
 use super::metrics::ServiceView;
@@ -50,57 +49,22 @@ const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
 
 type Body = BoxBody<Bytes, Infallible>;
 
-/// Binds `addr` and serves until `stop` fires (or the task is aborted).
+/// Binds `addr` and serves the routes above on the shared `lateral_ops::http_server` until it is shut down or
+/// dropped.
 pub(crate) async fn serve(
     addr: SocketAddr,
     handle: Arc<CoordinatorHandle>,
-) -> Result<(SocketAddr, JoinHandle<()>, oneshot::Sender<()>), Error> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Transport(format!("cannot listen for HTTP on {addr}: {e}")))?;
-    let local = listener.local_addr()?;
-    let (stop, mut stopped) = oneshot::channel::<()>();
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+) -> Result<HttpServer, Error> {
     let streams = Arc::new(Semaphore::new(MAX_EVENT_STREAMS));
-    let task = tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = &mut stopped => return,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = connections.clone().try_acquire_owned() else {
-                tracing::debug!(%peer, "too many HTTP connections; closing");
-                continue;
-            };
-            let handle = handle.clone();
-            let streams = streams.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let handle = handle.clone();
-                    let streams = streams.clone();
-                    async move { Ok::<_, Infallible>(route(req, &handle, &streams)) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-                }
-                drop(permit);
-            });
-        }
-    });
+    let config = ServerConfig::new("coordinator HTTP").max_connections(MAX_CONNECTIONS);
+    let server = http_server::serve(addr, config, move |req| {
+        std::future::ready(route(req, &handle, &streams))
+    })
+    .await
+    .map_err(|e| Error::Transport(format!("cannot listen for HTTP on {addr}: {e}")))?;
+    let local = server.local_addr();
     tracing::info!(%local, "coordinator HTTP (metrics, dashboard) listening");
-    Ok((local, task, stop))
+    Ok(server)
 }
 
 fn route(

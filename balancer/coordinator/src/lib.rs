@@ -131,7 +131,8 @@ pub struct Coordinator {
     handle: Arc<CoordinatorHandle>,
     driver: JoinHandle<()>,
     grpc: Option<(SocketAddr, JoinHandle<()>, oneshot::Sender<()>)>,
-    http: Option<(SocketAddr, JoinHandle<()>, oneshot::Sender<()>)>,
+    /// Aborts itself and its connections when dropped.
+    http: Option<lateral_ops::http_server::HttpServer>,
     xds: Option<xds::XdsTask>,
 }
 
@@ -139,9 +140,6 @@ impl Drop for Coordinator {
     fn drop(&mut self) {
         self.driver.abort();
         if let Some((_, task, _)) = &self.grpc {
-            task.abort();
-        }
-        if let Some((_, task, _)) = &self.http {
             task.abort();
         }
     }
@@ -233,7 +231,7 @@ impl Coordinator {
     /// Where the HTTP server (`/metrics`, the dashboard at `/`, `/api/state`) listens, if it was started
     /// (`listen.http`; port 0 picks a free port).
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().map(|(addr, _, _)| *addr)
+        self.http.as_ref().map(|server| server.local_addr())
     }
 
     /// Where the xDS (ADS) server listens, if it was started (`listen.xds`; port 0 picks a free port).
@@ -271,9 +269,8 @@ impl Coordinator {
         if let Some(xds) = self.xds.take() {
             xds.shutdown().await;
         }
-        if let Some((_, task, stop)) = self.http.take() {
-            let _ = stop.send(());
-            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        if let Some(server) = self.http.take() {
+            server.shutdown().await;
         }
         if let Some((_, task, stop)) = self.grpc.take() {
             let _ = stop.send(());

@@ -12,6 +12,14 @@ pub enum Error {
         /// The exporter's message.
         detail: String,
     },
+    /// An HTTP server could not listen on its address (in use, not local, no permission).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The process already has a global `tracing` subscriber; the first one stays.
     #[error("a tracing subscriber is already installed: {0}")]
     SubscriberInstalled(String),

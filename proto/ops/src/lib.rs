@@ -3,7 +3,10 @@
 //! What this crate owns:
 //! - [`etcd`] (feature `etcd`): the etcd client plumbing, one dialer (keep-alives, timeouts), bounded calls
 //!   and jittered backoff for the agent's registration and the coordinator's endpoint source.
-//! - [`prometheus`]: the Prometheus text exposition writer every `/metrics` endpoint uses.
+//! - [`prometheus`]: the Prometheus text exposition writer every `/metrics` endpoint uses (agent,
+//!   coordinator and client).
+//! - [`http_server`] (feature `http`): the small HTTP/1.1 server behind the operator endpoints: bind, a
+//!   connection limit, a header read timeout, graceful stop. Each binary brings its own routes.
 //! - [`tls`] (feature `tls`): the mutual-TLS configurations both QUIC sides build from (rustls with ring),
 //!   and a development CA (rcgen).
 //! - [`propagation`] (feature `propagation`): W3C trace context on `http::HeaderMap`s, through the
@@ -19,6 +22,8 @@
 mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(feature = "http")]
+pub mod http_server;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod prometheus;

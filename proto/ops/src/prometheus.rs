@@ -1,5 +1,7 @@
 //! The Prometheus text exposition format (version 0.0.4), written by hand: `# HELP` and `# TYPE` once per
 //! family, then one line per sample, label values escaped (`\\`, `\"`, `\n`), HELP text escaped (`\\`, `\n`).
+//! Histograms as the format spells them: cumulative `_bucket{le=".."}` lines ending at `+Inf`, then `_sum` and
+//! `_count`.
 //! Reference: <https://prometheus.io/docs/instrumenting/exposition_formats/>.
 
 use std::fmt::Write as _;
@@ -14,6 +16,8 @@ pub enum Kind {
     Counter,
     /// Goes up and down.
     Gauge,
+    /// Observations counted into cumulative buckets, with their sum and count ([`TextWriter::histogram`]).
+    Histogram,
 }
 
 /// Accumulates exposition text.
@@ -28,6 +32,7 @@ impl TextWriter {
         let kind = match kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         };
         let help = help.replace('\\', "\\\\").replace('\n', "\\n");
         let _ = writeln!(self.out, "# HELP {name} {help}");
@@ -36,10 +41,51 @@ impl TextWriter {
 
     /// One sample of the current family.
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.line(name, "", labels, None, value);
+    }
+
+    /// One histogram of the current family (started with [`Kind::Histogram`]): a `{name}_bucket` line per
+    /// `(upper bound, cumulative count)` with the bound as label `le` after `labels`, then `{name}_sum` and
+    /// `{name}_count`. A `+Inf` bucket holding `count` is added when `buckets` does not end with one.
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        buckets: &[(f64, u64)],
+        sum: f64,
+        count: u64,
+    ) {
+        let mut le = String::new();
+        for (bound, cumulative) in buckets {
+            le.clear();
+            push_value(&mut le, *bound);
+            self.line(name, "_bucket", labels, Some(&le), *cumulative as f64);
+        }
+        if buckets
+            .last()
+            .is_none_or(|(bound, _)| *bound != f64::INFINITY)
+        {
+            self.line(name, "_bucket", labels, Some("+Inf"), count as f64);
+        }
+        self.line(name, "_sum", labels, None, sum);
+        self.line(name, "_count", labels, None, count as f64);
+    }
+
+    /// `{name}{suffix}{labels[,le="{le}"]} {value}`.
+    fn line(
+        &mut self,
+        name: &str,
+        suffix: &str,
+        labels: &[(&str, &str)],
+        le: Option<&str>,
+        value: f64,
+    ) {
         self.out.push_str(name);
-        if !labels.is_empty() {
+        self.out.push_str(suffix);
+        if !labels.is_empty() || le.is_some() {
             self.out.push('{');
-            for (i, (key, value)) in labels.iter().enumerate() {
+            let le = le.map(|le| ("le", le));
+            for (i, (key, value)) in labels.iter().chain(le.iter()).enumerate() {
                 if i > 0 {
                     self.out.push(',');
                 }
@@ -99,6 +145,33 @@ mod tests {
             w.finish(),
             "# HELP x_total a \\\\ help\\nline\n# TYPE x_total counter\n\
              x_total{a=\"q\\\"b\\\\c\\nd\",e=\"\"} 2\nx_total NaN\nx_total +Inf\n"
+        );
+    }
+
+    #[test]
+    fn a_histogram_writes_buckets_sum_and_count_with_le_last() {
+        let mut w = TextWriter::default();
+        w.family("t_seconds", Kind::Histogram, "time");
+        w.histogram(
+            "t_seconds",
+            &[("g", "a")],
+            &[(0.005, 1), (0.5, 3), (f64::INFINITY, 4)],
+            2.25,
+            4,
+        );
+        w.histogram("t_seconds", &[], &[(1.0, 0)], 0.0, 0);
+        assert_eq!(
+            w.finish(),
+            "# HELP t_seconds time\n# TYPE t_seconds histogram\n\
+             t_seconds_bucket{g=\"a\",le=\"0.005\"} 1\n\
+             t_seconds_bucket{g=\"a\",le=\"0.5\"} 3\n\
+             t_seconds_bucket{g=\"a\",le=\"+Inf\"} 4\n\
+             t_seconds_sum{g=\"a\"} 2.25\n\
+             t_seconds_count{g=\"a\"} 4\n\
+             t_seconds_bucket{le=\"1\"} 0\n\
+             t_seconds_bucket{le=\"+Inf\"} 0\n\
+             t_seconds_sum 0\n\
+             t_seconds_count 0\n"
         );
     }
 }
