@@ -266,8 +266,13 @@ fn main() {
     if rig.rounds == 0 {
         return;
     }
-    let per_call = rig.totals.map(|t| t.as_secs_f64() * 1e6 / rig.rounds as f64);
-    println!("interleaved, {} rounds of one call per variant:", rig.rounds);
+    let per_call = rig
+        .totals
+        .map(|t| t.as_secs_f64() * 1e6 / rig.rounds as f64);
+    println!(
+        "interleaved, {} rounds of one call per variant:",
+        rig.rounds
+    );
     for (name, us) in VARIANTS.iter().zip(per_call) {
         println!("  {name:<14} {us:8.1} µs per call");
     }

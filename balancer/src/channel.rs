@@ -174,7 +174,10 @@ enum Outcome {
     Done(Answer),
     /// Worth retrying elsewhere if the body can be sent again and the budget allows; `sent` when the
     /// request may have reached a backend (only an idempotent method is then retried, once).
-    Retry { result: Answer, sent: bool },
+    Retry {
+        result: Answer,
+        sent: bool,
+    },
 }
 
 impl Inner {
@@ -187,12 +190,9 @@ impl Inner {
             .map(|splitter| (splitter.assign(), tokio::time::Instant::now()));
         let group = split.map_or(Group::Dynamic, |(group, _)| group);
         match self.dispatch_in(request, group).await {
-            Ok((response, guard)) => Ok(super::response::wrap(
-                response,
-                guard,
-                &self.shared,
-                split,
-            )),
+            Ok((response, guard)) => {
+                Ok(super::response::wrap(response, guard, &self.shared, split))
+            }
             Err(error) => {
                 if let Some((group, started)) = split {
                     let metrics = &self.shared.metrics;

@@ -6,8 +6,8 @@
 //! in flight keep theirs, so the channel (and its connection) lives until the last of them finishes.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tonic::transport::{Channel, Endpoint};
 
@@ -98,10 +98,7 @@ impl EndpointHandle {
     /// Keeps a channel from [`take_channel`](Self::take_channel) after its `call` (not after a failed
     /// `poll_ready`), up to [`MAX_IDLE_CHANNELS`].
     pub(crate) fn give_back_channel(&self, channel: Channel) {
-        let mut idle = self
-            .idle_channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle_channels.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE_CHANNELS {
             idle.push(channel);
         }

@@ -61,10 +61,8 @@ mod tests {
         #[test]
         fn matches_the_formatted_id(client in "[a-zA-Z0-9._-]{0,80}", n in any::<u64>()) {
             let id = request_id(&client, n);
-            prop_assert_eq!(
-                id.as_ref().map(HeaderValue::as_bytes),
-                Some(format!("{client}-{n:x}").as_bytes())
-            );
+            let expected = format!("{client}-{n:x}");
+            prop_assert_eq!(id.as_ref().map(HeaderValue::as_bytes), Some(expected.as_bytes()));
         }
     }
 
@@ -78,11 +76,7 @@ mod tests {
                 Some(format!("{client}-{n:x}").as_bytes())
             );
         }
-        assert_eq!(
-            request_id("bad\nid", 1),
-            None,
-            "not a header value: no id"
-        );
+        assert_eq!(request_id("bad\nid", 1), None, "not a header value: no id");
         let long = "x".repeat(2 * BLOCK_BYTES);
         assert_eq!(
             request_id(&long, 0xff).map(|v| v.as_bytes().len()),

@@ -24,7 +24,8 @@ struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
 impl Visit for Fields<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_string(), format!("{value:?}"));
+        self.0
+            .insert(field.name().to_string(), format!("{value:?}"));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         self.0.insert(field.name().to_string(), value.to_string());
@@ -51,7 +52,12 @@ impl<S: tracing::Subscriber> Layer<S> for Spans {
 
 impl Spans {
     fn all(&self) -> Vec<BTreeMap<String, String>> {
-        self.0.lock().unwrap().iter().map(|(_, f)| f.clone()).collect()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, f)| f.clone())
+            .collect()
     }
 }
 
@@ -92,7 +98,10 @@ async fn the_call_span_records_grpc_status_from_trailers_and_from_headers() {
             "{fields:?}"
         );
         assert_eq!(fields.get("endpoint").map(String::as_str), Some("a"));
-        assert_eq!(fields.get("rpc.method").map(String::as_str), Some("/lateral.demo.v1.Echo/Unary"));
+        assert_eq!(
+            fields.get("rpc.method").map(String::as_str),
+            Some("/lateral.demo.v1.Echo/Unary")
+        );
     }
 }
 
