@@ -18,7 +18,10 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 
 /// The fields of every `lateral.client` span, in creation order.
 #[derive(Clone, Default)]
-struct Spans(Arc<Mutex<Vec<(Id, BTreeMap<String, String>)>>>);
+struct Spans(Arc<Mutex<Vec<(Id, SpanFields)>>>);
+
+/// One span's fields, as text.
+type SpanFields = BTreeMap<String, String>;
 
 struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
