@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
+use http::{Request, Response};
+use http_body::{Body as _, Frame};
 use tokio_util::sync::DropGuard;
 use tonic::body::Body;
 use tower::{Service, ServiceExt};
@@ -28,6 +28,7 @@ use super::REQUEST_ID_HEADER;
 use super::endpoints::{EndpointHandle, InFlightGuard};
 use super::metrics::ClientMetrics;
 use super::orca;
+use super::resend::RequestHead;
 use super::retry::RetryBudget;
 use super::snapshot::Shared;
 use super::split::{Group, Splitter};
@@ -124,10 +125,11 @@ impl Service<Request<Body>> for Balancer {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        // One span per call (`otel.kind = client`): the endpoint picked, its weight, retries. Its W3C context
-        // goes out in `traceparent`, so the agent's proxy and the backend continue the trace. With no
-        // subscriber interested the span is disabled and costs a callsite check.
-        let span = tracing::info_span!(
+        // One span per call (`otel.kind = client`), at debug level: the endpoint picked, its weight, retries,
+        // the grpc-status (from the headers, else from the trailers). Its W3C context goes out in
+        // `traceparent`, so the agent's proxy and the backend continue the trace. When no subscriber wants
+        // it (an application's `fmt::init()` logs at info) the span is disabled and costs a callsite check.
+        let span = tracing::debug_span!(
             "lateral.client",
             otel.kind = "client",
             rpc.service = %self.inner.shared.service,
@@ -164,33 +166,44 @@ fn record_pick(
     }
 }
 
+/// An attempt's answer: the response (its body not yet wrapped) and the in-flight count it holds.
+type Answer = Result<(Response<Body>, InFlightGuard), BoxError>;
+
 /// How a failed attempt may be retried.
 enum Outcome {
-    Done(Result<Response<Body>, BoxError>),
+    Done(Answer),
     /// Worth retrying elsewhere if the body can be sent again and the budget allows; `sent` when the
     /// request may have reached a backend (only an idempotent method is then retried, once).
     Retry {
-        result: Result<Response<Body>, BoxError>,
+        result: Answer,
         sent: bool,
     },
 }
 
 impl Inner {
-    /// Routes one call; with a split, assigns its group and counts it in the group's metrics.
+    /// Routes one call; with a split, assigns its group and counts it in the group's metrics (a failure
+    /// at once, a response when it ends).
     async fn dispatch(self: Arc<Self>, request: Request<Body>) -> Result<Response<Body>, BoxError> {
-        let Some(group) = self.split.as_ref().map(Splitter::assign) else {
-            return self.dispatch_in(request, Group::Dynamic).await;
-        };
-        let started = tokio::time::Instant::now();
-        let result = Arc::clone(&self).dispatch_in(request, group).await;
-        super::split::track(&self.shared.metrics, group, started, result)
+        let split = self
+            .split
+            .as_ref()
+            .map(|splitter| (splitter.assign(), tokio::time::Instant::now()));
+        let group = split.map_or(Group::Dynamic, |(group, _)| group);
+        match self.dispatch_in(request, group).await {
+            Ok((response, guard)) => {
+                Ok(super::response::wrap(response, guard, &self.shared, split))
+            }
+            Err(error) => {
+                if let Some((group, started)) = split {
+                    let metrics = &self.shared.metrics;
+                    metrics.split.record(group, started.elapsed(), false);
+                }
+                Err(error)
+            }
+        }
     }
 
-    async fn dispatch_in(
-        self: Arc<Self>,
-        request: Request<Body>,
-        group: Group,
-    ) -> Result<Response<Body>, BoxError> {
+    async fn dispatch_in(&self, request: Request<Body>, group: Group) -> Answer {
         let metrics = &self.shared.metrics;
         metrics.requests.fetch_add(1, Ordering::Relaxed);
         self.budget.deposit();
@@ -198,7 +211,7 @@ impl Inner {
         if !parts.headers.contains_key(REQUEST_ID_HEADER) {
             let n = self.next_request.fetch_add(1, Ordering::Relaxed);
             // The client id was validated as a header value at build time.
-            if let Ok(id) = HeaderValue::try_from(format!("{}-{n:x}", self.client_id)) {
+            if let Some(id) = super::request_id::request_id(&self.client_id, n) {
                 parts.headers.insert(REQUEST_ID_HEADER, id);
             }
         }
@@ -225,6 +238,9 @@ impl Inner {
         };
         record_pick(&span, &picker, &endpoint);
         drop(picker);
+        // The first attempt sends `parts` itself; a retry sends what `head` kept of them.
+        let head = RequestHead::keep(&parts);
+        let mut first = Some(parts);
         // A request that reached a server is retried at most once (and only if idempotent); one that never
         // left (connect refused, reset before headers) may try up to MAX_ATTEMPTS endpoints, since a dead
         // endpoint can be picked before the coordinator has ejected it.
@@ -233,7 +249,8 @@ impl Inner {
         let mut sent_retry_used = false;
         loop {
             attempts += 1;
-            let attempt = Request::from_parts(parts.clone(), body.attempt());
+            let parts = first.take().unwrap_or_else(|| head.parts());
+            let attempt = Request::from_parts(parts, body.attempt());
             let outcome = self
                 .attempt(&endpoint, attempt, idempotent && !sent_retry_used)
                 .await;
@@ -264,7 +281,7 @@ impl Inner {
                 service = %self.shared.service,
                 from = %endpoint.id(),
                 to = %next.id(),
-                path = %parts.uri.path(),
+                path = %head.path(),
                 "retrying on another endpoint"
             );
             drop(result);
@@ -282,12 +299,14 @@ impl Inner {
     ) -> Outcome {
         let started_us = self.shared.now_us();
         let guard = endpoint.start(started_us);
-        let mut channel = endpoint.channel();
         let call = async {
-            match channel.ready().await {
-                Ok(channel) => channel.call(request).await,
-                Err(error) => Err(error),
-            }
+            let mut channel = endpoint.take_channel();
+            let response = match channel.ready().await {
+                Ok(ready) => ready.call(request),
+                Err(error) => return Err(error),
+            };
+            endpoint.give_back_channel(channel);
+            response.await
         };
         let result = match self
             .watch_liveness(endpoint, started_us, idempotent, call)
@@ -326,21 +345,13 @@ impl Inner {
                     .headers()
                     .get("grpc-status")
                     .is_some_and(|v| v.as_bytes() == b"14");
-                let shared = Arc::clone(&self.shared);
-                let response = response.map(|inner| {
-                    Body::new(TrackedBody {
-                        inner,
-                        guard: Some(guard),
-                        shared,
-                    })
-                });
                 if unavailable && idempotent {
                     Outcome::Retry {
-                        result: Ok(response),
+                        result: Ok((response, guard)),
                         sent: true,
                     }
                 } else {
-                    Outcome::Done(Ok(response))
+                    Outcome::Done(Ok((response, guard)))
                 }
             }
             // No response at all: connect refused, reset before the response headers, a dead endpoint.
@@ -422,10 +433,13 @@ enum RequestBody {
 }
 
 impl RequestBody {
-    /// Reads what the body has ready now (without waiting), up to `limit` bytes.
+    /// Reads what the body has ready now (without waiting), up to `limit` bytes. A body that is one data
+    /// frame (every unary request tonic encodes) is kept as that frame's bytes, with no copy and no queue.
     fn prepare(mut body: Body, limit: usize) -> Result<Self, BoxError> {
         let mut cx = Context::from_waker(Waker::noop());
-        let mut prefix: VecDeque<Frame<Bytes>> = VecDeque::new();
+        // The frames read, in order: the first one, then any further ones.
+        let mut first: Option<Frame<Bytes>> = None;
+        let mut more: VecDeque<Frame<Bytes>> = VecDeque::new();
         let mut size = 0usize;
         let mut complete = false;
         loop {
@@ -441,7 +455,11 @@ impl RequestBody {
                 Poll::Ready(Some(Ok(frame))) => {
                     let is_data = frame.is_data();
                     size += frame.data_ref().map_or(0, Bytes::len);
-                    prefix.push_back(frame);
+                    if first.is_none() {
+                        first = Some(frame);
+                    } else {
+                        more.push_back(frame);
+                    }
                     if !is_data || size > limit {
                         break;
                     }
@@ -450,16 +468,14 @@ impl RequestBody {
                 Poll::Pending => break,
             }
         }
-        if complete && prefix.iter().all(Frame::is_data) {
-            let bytes = match prefix.len() {
-                0 => Bytes::new(),
-                1 => prefix
-                    .pop_front()
-                    .and_then(|f| f.into_data().ok())
-                    .unwrap_or_default(),
-                _ => {
+        let all_data = first.as_ref().is_none_or(Frame::is_data) && more.iter().all(Frame::is_data);
+        if complete && all_data {
+            let bytes = match (first, more.is_empty()) {
+                (None, _) => Bytes::new(),
+                (Some(frame), true) => frame.into_data().unwrap_or_default(),
+                (Some(frame), false) => {
                     let mut all = BytesMut::with_capacity(size);
-                    for frame in prefix {
+                    for frame in std::iter::once(frame).chain(more) {
                         if let Some(data) = frame.data_ref() {
                             all.extend_from_slice(data);
                         }
@@ -468,6 +484,10 @@ impl RequestBody {
                 }
             };
             return Ok(Self::Replayable(bytes));
+        }
+        let mut prefix = more;
+        if let Some(frame) = first {
+            prefix.push_front(frame);
         }
         Ok(Self::Streaming(Arc::new(Reclaim {
             started: AtomicBool::new(false),
@@ -563,48 +583,5 @@ impl http_body::Body for ReclaimBody {
                 "request body was already sent",
             )))),
         }
-    }
-}
-
-/// A response body that un-counts its request when it ends (or is dropped) and reads ORCA trailers.
-struct TrackedBody {
-    inner: Body,
-    guard: Option<InFlightGuard>,
-    shared: Arc<Shared>,
-}
-
-impl http_body::Body for TrackedBody {
-    type Data = Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    if let (Some(reading), Some(guard)) =
-                        (orca::read_report(trailers), self.guard.as_ref())
-                    {
-                        let now_us = self.shared.now_us();
-                        self.shared.on_orca(guard.endpoint(), reading, now_us);
-                    }
-                    self.guard = None;
-                }
-            }
-            Poll::Ready(_) => self.guard = None,
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

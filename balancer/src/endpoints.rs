@@ -6,14 +6,18 @@
 //! in flight keep theirs, so the channel (and its connection) lives until the last of them finishes.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tonic::transport::{Channel, Endpoint};
 
 use super::live_load::LiveLoad;
 use super::orca::OrcaSignal;
 use crate::Error;
+
+/// The most idle channel clones an endpoint keeps: calls getting ready at the same instant, not calls in
+/// flight (a clone is given back once its request is handed to the transport).
+const MAX_IDLE_CHANNELS: usize = 32;
 
 /// Static configuration of one endpoint, as given to the builder.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +38,8 @@ pub(crate) struct EndpointHandle {
     id: Arc<str>,
     address: String,
     channel: Channel,
+    /// Clones of `channel` between calls (see [`take_channel`](Self::take_channel)).
+    idle_channels: Mutex<Vec<Channel>>,
     in_flight: AtomicUsize,
     picks: Arc<AtomicU64>,
     pub(crate) orca: OrcaSignal,
@@ -57,6 +63,7 @@ impl EndpointHandle {
             id: Arc::from(id),
             address: uri,
             channel,
+            idle_channels: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             picks,
             orca: OrcaSignal::default(),
@@ -75,9 +82,26 @@ impl EndpointHandle {
         &self.address
     }
 
-    /// A clone of the endpoint's channel (cheap: channels are handles to a shared buffer).
-    pub(crate) fn channel(&self) -> Channel {
-        self.channel.clone()
+    /// A handle to the endpoint's channel for one call: an idle clone when there is one, else a new clone.
+    /// A fresh clone allocates on its first `poll_ready` (its buffer sender's reservation future); one given
+    /// back with [`give_back_channel`](Self::give_back_channel) reuses its own, so a call costs no
+    /// allocation here once there are as many idle clones as calls getting ready at once.
+    pub(crate) fn take_channel(&self) -> Channel {
+        let idle = self
+            .idle_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        idle.unwrap_or_else(|| self.channel.clone())
+    }
+
+    /// Keeps a channel from [`take_channel`](Self::take_channel) after its `call` (not after a failed
+    /// `poll_ready`), up to [`MAX_IDLE_CHANNELS`].
+    pub(crate) fn give_back_channel(&self, channel: Channel) {
+        let mut idle = self.idle_channels.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_CHANNELS {
+            idle.push(channel);
+        }
     }
 
     /// This client's requests in flight on this endpoint.

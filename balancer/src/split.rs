@@ -24,19 +24,11 @@
 //!   `lateral_client_group_latency_seconds{group}`, a histogram with fixed buckets
 //!   ([`LATENCY_BUCKETS_MS`]) of the time from the call to the end of the response (its trailers).
 
-use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::Response;
-use http_body::{Frame, SizeHint};
 use lateral_ops::prometheus::{Kind, TextWriter};
 use tokio::time::Instant;
-use tonic::body::Body;
 
-use super::channel::BoxError;
 use super::metrics::ClientMetrics;
 
 /// Which weights a request follows.
@@ -265,116 +257,41 @@ impl SplitMetrics {
     }
 }
 
-/// Counts `result` for `group` when its response ends (at once for an error).
-pub(crate) fn track(
-    metrics: &Arc<ClientMetrics>,
-    group: Group,
-    started: Instant,
-    result: Result<Response<Body>, BoxError>,
-) -> Result<Response<Body>, BoxError> {
-    match result {
-        Err(error) => {
-            metrics.split.record(group, started.elapsed(), false);
-            Err(error)
-        }
-        Ok(response) => {
-            let header_status = grpc_status(response.headers());
-            let metrics = Arc::clone(metrics);
-            Ok(response.map(|inner| {
-                Body::new(RecordingBody {
-                    inner,
-                    pending: Some(Pending {
-                        metrics,
-                        group,
-                        started,
-                        header_status,
-                    }),
-                })
-            }))
-        }
-    }
-}
-
-fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
+pub(crate) fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
     headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.parse().ok())
 }
 
-/// A request not yet counted.
-struct Pending {
-    metrics: Arc<ClientMetrics>,
+/// A request not yet counted: its group, when it started and the status its response headers carried.
+/// The call's response body ([`super::response`]) finishes it when the response ends.
+#[derive(Debug)]
+pub(crate) struct Pending {
     group: Group,
     started: Instant,
     header_status: Option<i32>,
 }
 
 impl Pending {
-    fn finish(self, status: Option<i32>) {
-        self.metrics
+    pub(crate) fn new(group: Group, started: Instant, headers: &http::HeaderMap) -> Self {
+        Self {
+            group,
+            started,
+            header_status: grpc_status(headers),
+        }
+    }
+
+    /// The `grpc-status` of the response headers (a trailers-only answer).
+    pub(crate) fn header_status(&self) -> Option<i32> {
+        self.header_status
+    }
+
+    /// Counts the request as ended with `status` (`None`: no status, an error).
+    pub(crate) fn finish(self, metrics: &ClientMetrics, status: Option<i32>) {
+        metrics
             .split
             .record(self.group, self.started.elapsed(), status == Some(0));
-    }
-}
-
-/// A response body that counts its request when it ends: at the trailers, at the end of the stream, at an
-/// error, or when dropped early.
-struct RecordingBody {
-    inner: Body,
-    pending: Option<Pending>,
-}
-
-impl http_body::Body for RecordingBody {
-    type Data = Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    let status = grpc_status(trailers);
-                    if let Some(p) = self.pending.take() {
-                        p.finish(status);
-                    }
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(p) = self.pending.take() {
-                    p.finish(None);
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(p) = self.pending.take() {
-                    let status = p.header_status;
-                    p.finish(status);
-                }
-            }
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for RecordingBody {
-    fn drop(&mut self) {
-        // Dropped before its end: a trailers-only answer counts by its status, anything else was cut short.
-        if let Some(p) = self.pending.take() {
-            let status = p.header_status;
-            p.finish(status);
-        }
     }
 }
 
