@@ -16,14 +16,14 @@ use tonic::transport::Endpoint;
 
 async fn start_backend(name: &str, slots: u32) -> Backend {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    Backend::start(
-        BackendSpec::new(name, slots, Duration::from_millis(3)),
-        any,
-        any,
-        TlsMode::InsecureDev,
-    )
-    .await
-    .unwrap()
+    // Envoy does not retry a refusal, and this test checks routing, not overload: no shedding.
+    let spec = BackendSpec {
+        shed_queue_allowance: None,
+        ..BackendSpec::new(name, slots, Duration::from_millis(3))
+    };
+    Backend::start(spec, any, any, TlsMode::InsecureDev)
+        .await
+        .unwrap()
 }
 
 /// Sends requests from `tasks` concurrent callers for `for_how_long`; returns who served each.

@@ -244,12 +244,16 @@ pub fn init_tracing(
     Ok(Telemetry { provider })
 }
 
-/// Which spans go to the collector: Lateral's and the application's at `info` and above, never the
+/// Which spans go to the collector: Lateral's and the application's at `info` and above (the client's
+/// per-call `lateral.client` span, at debug, included), never the
 /// transport's own (h2, hyper, tonic, tower, quinn: their spans would trace the exporter itself).
 pub fn span_filter() -> tracing_subscriber::filter::Targets {
     use tracing_subscriber::filter::LevelFilter;
     tracing_subscriber::filter::Targets::new()
         .with_default(LevelFilter::INFO)
+        // The client's per-call span is at debug (an info-level log subscriber must not pay for one span per
+        // call); exporting traces is the opt-in that turns it on.
+        .with_target("lateral_balancer", LevelFilter::DEBUG)
         .with_target("h2", LevelFilter::OFF)
         .with_target("hyper", LevelFilter::OFF)
         .with_target("hyper_util", LevelFilter::OFF)
