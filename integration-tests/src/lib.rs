@@ -6,7 +6,9 @@
 #![warn(missing_docs)]
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use lateral_coordinator::CoordinatorConfig;
@@ -16,6 +18,8 @@ use lateral_examples::backend::{Backend, BackendSpec};
 use lateral_ops::tls::{DevPki, TlsMode, TlsPem};
 use lateral_proto::coordinator::coordinator_client::CoordinatorClient;
 use lateral_proto::coordinator::{EndpointState, WatchRequest, WeightSnapshot};
+use lateral_proto::etcd::etcdserverpb::kv_client::KvClient;
+use lateral_proto::etcd::etcdserverpb::{PutRequest, RangeRequest};
 
 /// Loopback, any free port.
 pub fn any_port() -> SocketAddr {
@@ -261,4 +265,119 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("timed out after {within:?} waiting for {what}");
+}
+
+/// Debian's `etcd-server` binary.
+const ETCD: &str = "/usr/bin/etcd";
+/// An etcd server of its own on two free loopback ports and a temporary data directory (Debian
+/// `etcd-server`, which `.ci/test` installs); killed and its data removed on drop.
+pub struct Etcd {
+    child: Option<Child>,
+    /// The client URL (`http://127.0.0.1:PORT`).
+    pub url: String,
+    peer: SocketAddr,
+    dir: PathBuf,
+    /// Extra flags (e.g. a short election timeout).
+    flags: Vec<String>,
+}
+
+fn free_loopback_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("a local address")
+}
+
+impl Etcd {
+    /// Starts one with etcd's default timings and waits until it answers.
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts one with extra `flags` (e.g. `--election-timeout 500`, which lets leases as short as 1 s
+    /// exist: etcd raises a TTL below 1.5 × its election timeout) and waits until it answers.
+    pub async fn start_with(flags: &[&str]) -> Self {
+        assert!(
+            std::path::Path::new(ETCD).exists(),
+            "{ETCD} not found: `.ci/test` installs the Debian package etcd-server"
+        );
+        let client = free_loopback_port();
+        let dir = std::env::temp_dir().join(format!(
+            "lateral-etcd-{}-{}",
+            std::process::id(),
+            client.port()
+        ));
+        let mut etcd = Self {
+            child: None,
+            url: format!("http://{client}"),
+            peer: free_loopback_port(),
+            dir,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+        };
+        etcd.spawn().await;
+        etcd
+    }
+
+    /// Starts (or restarts, on the same data) the server and waits until it answers.
+    pub async fn spawn(&mut self) {
+        let peer = format!("http://{}", self.peer);
+        let child = Command::new(ETCD)
+            .args(["--name", "lateral-test"])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--listen-client-urls", &self.url])
+            .args(["--advertise-client-urls", &self.url])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("lateral-test={peer}")])
+            .args(&self.flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        let url = self.url.clone();
+        eventually(Duration::from_secs(20), "etcd answers", || {
+            let url = url.clone();
+            async move {
+                let Ok(mut kv) = KvClient::connect(url).await else {
+                    return false;
+                };
+                kv.range(RangeRequest {
+                    key: b"/".to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+            }
+        })
+        .await;
+    }
+
+    /// Kills the server (its data stays for [`Etcd::spawn`]).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Writes `value` at `key`.
+    pub async fn put(&self, key: &str, value: &[u8]) {
+        let mut kv = KvClient::connect(self.url.clone())
+            .await
+            .expect("connect to etcd");
+        kv.put(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("put");
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -3,9 +3,6 @@
 //! a stopped agent leaves at once, a crashed one when its lease expires; bad records are left out; an etcd
 //! outage keeps the last set and the source recovers when etcd returns.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use lateral_agent::registration::Registration;
@@ -14,111 +11,10 @@ use lateral_coordinator::config::EtcdSourceConfig;
 use lateral_examples::backend::{Backend, BackendSpec};
 use lateral_integration_tests::*;
 use lateral_proto::coordinator::{EndpointState, WeightSnapshot};
-use lateral_proto::etcd::etcdserverpb::kv_client::KvClient;
-use lateral_proto::etcd::etcdserverpb::{PutRequest, RangeRequest};
 use lateral_proto::etcd::{EndpointRecord, default_prefix};
 use tokio_util::sync::CancellationToken;
 
-const ETCD: &str = "/usr/bin/etcd";
 const LONG_LEASE: Duration = Duration::from_secs(30);
-
-/// An etcd server of its own on two free loopback ports and a temporary data directory.
-struct Etcd {
-    child: Option<Child>,
-    url: String,
-    peer: SocketAddr,
-    dir: PathBuf,
-}
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("a local address")
-}
-
-impl Etcd {
-    async fn start() -> Self {
-        assert!(
-            std::path::Path::new(ETCD).exists(),
-            "{ETCD} not found: `.ci/test` installs the Debian package etcd-server"
-        );
-        let client = free_port();
-        let dir = std::env::temp_dir().join(format!(
-            "lateral-etcd-{}-{}",
-            std::process::id(),
-            client.port()
-        ));
-        let mut etcd = Self {
-            child: None,
-            url: format!("http://{client}"),
-            peer: free_port(),
-            dir,
-        };
-        etcd.spawn().await;
-        etcd
-    }
-
-    /// Starts (or restarts, on the same data) the server and waits until it answers.
-    async fn spawn(&mut self) {
-        let peer = format!("http://{}", self.peer);
-        let child = Command::new(ETCD)
-            .args(["--name", "lateral-test"])
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(["--listen-client-urls", &self.url])
-            .args(["--advertise-client-urls", &self.url])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("lateral-test={peer}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
-        self.child = Some(child);
-        let url = self.url.clone();
-        eventually(Duration::from_secs(20), "etcd answers", || {
-            let url = url.clone();
-            async move {
-                let Ok(mut kv) = KvClient::connect(url).await else {
-                    return false;
-                };
-                kv.range(RangeRequest {
-                    key: b"/".to_vec(),
-                    ..Default::default()
-                })
-                .await
-                .is_ok()
-            }
-        })
-        .await;
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    async fn put(&self, key: &str, value: &[u8]) {
-        let mut kv = KvClient::connect(self.url.clone())
-            .await
-            .expect("connect to etcd");
-        kv.put(PutRequest {
-            key: key.as_bytes().to_vec(),
-            value: value.to_vec(),
-            ..Default::default()
-        })
-        .await
-        .expect("put");
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Registers `backend` under service `svc` with a lease of `ttl`; the returned token deregisters it.
 fn register(

@@ -3,88 +3,11 @@
 //! clients; when the leader dies (dropped without revoking its lease: a crash, as etcd sees it) the
 //! standby leads within 2 s and publishes seeded weights — the clients' weights continue, never static.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lateral_coordinator::Coordinator;
 use lateral_coordinator::config::HaConfig;
 use lateral_integration_tests::*;
-use lateral_proto::etcd::etcdserverpb::RangeRequest;
-use lateral_proto::etcd::etcdserverpb::kv_client::KvClient;
-
-const ETCD: &str = "/usr/bin/etcd";
-
-/// An etcd of its own on loopback, with a short election timeout so that its minimum lease TTL is 1 s
-/// (etcd raises shorter TTLs to 1.5 × the election timeout, rounded up to seconds).
-struct Etcd {
-    child: Child,
-    url: String,
-    dir: PathBuf,
-}
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("a local address")
-}
-
-impl Etcd {
-    async fn start() -> Self {
-        assert!(
-            std::path::Path::new(ETCD).exists(),
-            "{ETCD} not found: `.ci/test` installs the Debian package etcd-server"
-        );
-        let client = free_port();
-        let peer = format!("http://{}", free_port());
-        let url = format!("http://{client}");
-        let dir = std::env::temp_dir().join(format!(
-            "lateral-ha-etcd-{}-{}",
-            std::process::id(),
-            client.port()
-        ));
-        let child = Command::new(ETCD)
-            .args(["--name", "lateral-ha"])
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["--listen-client-urls", &url])
-            .args(["--advertise-client-urls", &url])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("lateral-ha={peer}")])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
-        let etcd = Self { child, url, dir };
-        let url = etcd.url.clone();
-        eventually(Duration::from_secs(20), "etcd answers", || {
-            let url = url.clone();
-            async move {
-                let Ok(mut kv) = KvClient::connect(url).await else {
-                    return false;
-                };
-                kv.range(RangeRequest {
-                    key: b"/".to_vec(),
-                    ..Default::default()
-                })
-                .await
-                .is_ok()
-            }
-        })
-        .await;
-        etcd
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// `lateral_coordinator_leader` as the coordinator exports it.
 fn leads(coordinator: &Coordinator) -> bool {
@@ -97,7 +20,8 @@ fn leads(coordinator: &Coordinator) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_takes_over_within_two_seconds_from_the_leaders_weights() {
-    let etcd = Etcd::start().await;
+    // A short election timeout lets a 1 s lease exist (etcd raises shorter TTLs to 1.5 × the timeout).
+    let etcd = Etcd::start_with(&["--heartbeat-interval", "50", "--election-timeout", "500"]).await;
     let pki = Pki::new("test-ca");
     let ([a, b], mut config) = fleet(&pki, [("a", 8, 5), ("b", 8, 20)]).await;
     config.ha = Some(HaConfig::with_urls(vec![etcd.url.clone()]));
