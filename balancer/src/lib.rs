@@ -103,6 +103,8 @@ pub const REQUEST_ID_HEADER: &str = "x-lateral-request-id";
 /// Internals that the benches and fuzz targets drive directly; not a stable API.
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::orca::{parse_report, read_report};
+    pub use crate::orca::{
+        DECLARED_CAPACITY_METRIC, IN_FLIGHT_METRIC, OrcaReading, parse_report, read_report,
+    };
     pub use crate::picker::{MAX_WEIGHT, PickBench, StrideScheduler};
 }
