@@ -39,7 +39,16 @@ async fn an_embedded_balancer_moves_traffic_toward_the_faster_backend() {
             batch.spawn(async move { c.unary(EchoRequest::default()).await });
         }
         while let Some(result) = batch.join_next().await {
-            result.unwrap().unwrap();
+            // Bursts of 40 on 2 × 8 slots can pass an agent's queue allowance: that refusal (immediate,
+            // UNAVAILABLE, the method is not marked idempotent so it is not retried) is the agent shedding
+            // as designed; anything else is a failure.
+            match result.unwrap() {
+                Ok(_) => {}
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && status.message().starts_with("overloaded") => {}
+                Err(status) => panic!("request failed: {status:?}"),
+            }
         }
         fast_share = balancer
             .current_weights()
