@@ -1,4 +1,5 @@
-//! The pick path beside tower's p2c, and one unary RPC through the balancer beside a plain tonic channel.
+//! The pick path beside tower's p2c (one unary RPC through the balancer beside a plain channel is
+//! `benches/call_path.rs`, interleaved, with allocation counts).
 //!
 //! `cargo bench -p lateral-balancer --bench pick`
 //!
@@ -11,7 +12,6 @@
 //!   `poll_ready` (discovery poll, ready-cache promotion of the service called last, two random choices
 //!   compared by load) and `call`, the returned future dropped unpolled. That is the per-request selection
 //!   path a p2c user pays; the inner service does nothing.
-//! - `unary/*`: one Echo unary RPC on loopback, 1 endpoint, through `Balancer` and through a `Channel`.
 //! - `pick_hashed/maglev_lookup/N`: a key-hashed pick: `hash_key` of a 12-byte key (as from an `x-user-id`
 //!   header) and one lookup in a 65 537-slot weighted Maglev table over N endpoints.
 //! - `pick_hashed/maglev_build/N`: building that table, the off-path cost paid when a snapshot changes the
@@ -22,15 +22,10 @@ use std::hint::black_box;
 use std::task::{Context, Waker};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use lateral_balancer::Balancer;
 use lateral_balancer::hashing::{DEFAULT_TABLE_SIZE, MaglevTable, hash_key};
 use lateral_balancer::internals::{PickBench, StrideScheduler};
-use lateral_proto::demo::echo_client::EchoClient;
-use lateral_proto::demo::echo_server::{Echo, EchoServer};
-use lateral_proto::demo::{EchoReply, EchoRequest};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tonic::{Request, Response, Status, Streaming};
 use tower::Service;
 use tower::load::{CompleteOnResponse, PendingRequests};
 
@@ -115,90 +110,5 @@ fn pick_hashed(c: &mut Criterion) {
     group.finish();
 }
 
-#[derive(Clone)]
-struct Backend;
-
-type ReplyStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<EchoReply, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Echo for Backend {
-    async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
-        let message = request.into_inner().message;
-        Ok(Response::new(EchoReply {
-            message,
-            served_by: "bench".into(),
-            index: 0,
-        }))
-    }
-    type ServerStreamStream = ReplyStream;
-    async fn server_stream(
-        &self,
-        _: Request<EchoRequest>,
-    ) -> Result<Response<ReplyStream>, Status> {
-        Err(Status::unimplemented("bench"))
-    }
-    async fn client_stream(
-        &self,
-        _: Request<Streaming<EchoRequest>>,
-    ) -> Result<Response<EchoReply>, Status> {
-        Err(Status::unimplemented("bench"))
-    }
-    type BidiStreamStream = ReplyStream;
-    async fn bidi_stream(
-        &self,
-        _: Request<Streaming<EchoRequest>>,
-    ) -> Result<Response<ReplyStream>, Status> {
-        Err(Status::unimplemented("bench"))
-    }
-}
-
-fn unary(c: &mut Criterion) {
-    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    let Ok((channel, balancer)) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let uri = format!("http://{}", listener.local_addr()?);
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(EchoServer::new(Backend))
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-        );
-        let channel = tonic::transport::Endpoint::from_shared(uri.clone())?
-            .connect()
-            .await?;
-        let balancer = Balancer::builder("echo")
-            .endpoints([("only", uri)])
-            .seed(1)
-            .build()?;
-        Ok::<_, Box<dyn std::error::Error>>((channel, balancer))
-    }) else {
-        return;
-    };
-    let request = || EchoRequest {
-        message: "ping".into(),
-        count: 0,
-        fail_with: 0,
-    };
-    let mut group = c.benchmark_group("unary");
-    let mut plain = EchoClient::new(channel);
-    group.bench_function("tonic_channel", |b| {
-        b.iter(|| rt.block_on(plain.unary(request())).map(|r| r.into_inner()))
-    });
-    let mut balanced = EchoClient::new(balancer);
-    group.bench_function("lateral_balancer", |b| {
-        b.iter(|| {
-            rt.block_on(balanced.unary(request()))
-                .map(|r| r.into_inner())
-        })
-    });
-    group.finish();
-}
-
-criterion_group!(benches, pick, pick_hashed, unary);
+criterion_group!(benches, pick, pick_hashed);
 criterion_main!(benches);
