@@ -6,8 +6,10 @@
 //! in flight keep theirs, so the channel (and its connection) lives until the last of them finishes.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+
+use crossbeam_queue::ArrayQueue;
 
 use tonic::transport::{Channel, Endpoint};
 
@@ -39,7 +41,8 @@ pub(crate) struct EndpointHandle {
     address: String,
     channel: Channel,
     /// Clones of `channel` between calls (see [`take_channel`](Self::take_channel)).
-    idle_channels: Mutex<Vec<Channel>>,
+    /// Lock-free and bounded: calls on one endpoint take and give back clones without a lock.
+    idle_channels: ArrayQueue<Channel>,
     in_flight: AtomicUsize,
     picks: Arc<AtomicU64>,
     pub(crate) orca: OrcaSignal,
@@ -63,7 +66,7 @@ impl EndpointHandle {
             id: Arc::from(id),
             address: uri,
             channel,
-            idle_channels: Mutex::new(Vec::new()),
+            idle_channels: ArrayQueue::new(MAX_IDLE_CHANNELS),
             in_flight: AtomicUsize::new(0),
             picks,
             orca: OrcaSignal::default(),
@@ -87,21 +90,16 @@ impl EndpointHandle {
     /// back with [`give_back_channel`](Self::give_back_channel) reuses its own, so a call costs no
     /// allocation here once there are as many idle clones as calls getting ready at once.
     pub(crate) fn take_channel(&self) -> Channel {
-        let idle = self
-            .idle_channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
-        idle.unwrap_or_else(|| self.channel.clone())
+        self.idle_channels
+            .pop()
+            .unwrap_or_else(|| self.channel.clone())
     }
 
     /// Keeps a channel from [`take_channel`](Self::take_channel) after its `call` (not after a failed
     /// `poll_ready`), up to [`MAX_IDLE_CHANNELS`].
     pub(crate) fn give_back_channel(&self, channel: Channel) {
-        let mut idle = self.idle_channels.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE_CHANNELS {
-            idle.push(channel);
-        }
+        // Full: MAX_IDLE_CHANNELS are kept already; this one is dropped.
+        let _ = self.idle_channels.push(channel);
     }
 
     /// This client's requests in flight on this endpoint.
