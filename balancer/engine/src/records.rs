@@ -108,7 +108,13 @@ impl Engine {
         s
     }
 
-    pub(crate) fn publish(&mut self, now: Instant, fallback: bool, fallback_changed: bool) {
+    pub(crate) fn publish(
+        &mut self,
+        now: Instant,
+        fallback: bool,
+        fallback_changed: bool,
+        seed_handed_over: bool,
+    ) {
         let mut changed = fallback_changed;
         let min_step = self.config.decision_threshold;
         let mut any_damped = false;
@@ -159,13 +165,21 @@ impl Engine {
             let rec_w = ep.rec_weight;
             let rec_state = ep.rec_state;
             let pending = ep.pending.take();
-            // A record when the share moved by the threshold since the last record, the state changed, or a
-            // rule left a note (a promotion, a hold-off) this round.
-            if state != rec_state || (new_w - rec_w).abs() >= min_step || pending.is_some() {
+            // A record when the share moved by the threshold since the last record, the state changed, a
+            // rule left a note (a promotion, a hold-off) this round, or measurements took over from a seed.
+            if state != rec_state
+                || (new_w - rec_w).abs() >= min_step
+                || pending.is_some()
+                || seed_handed_over
+            {
                 let (rule, prefix) = match pending {
                     Some((r, why)) => (r, Some(why)),
                     None if self.seeding => (Rule::Seeded, None),
                     None if fallback => (Rule::StaticFallback, None),
+                    None if seed_handed_over => (
+                        self.rule_for(i, new_w),
+                        Some("measurements take over from the seed".to_string()),
+                    ),
                     None => (self.rule_for(i, new_w), None),
                 };
                 let reason = self.sentence(i, rule, rec_w, new_w, prefix.as_deref());

@@ -201,6 +201,36 @@ mod tests {
     }
 
     #[test]
+    fn measurements_that_agree_with_the_seed_still_take_over_its_rows() {
+        let t0 = Instant::now();
+        let mut e = engine(t0, &["a", "b"]);
+        // The seed is what the equal backends measure: no share moves by the decision threshold.
+        e.seed(t0, seed_of(&[("a", 0.5), ("b", 0.5)]), "test");
+        while e.poll_decision().is_some() {}
+        let now = t0 + Duration::from_millis(500);
+        e.on_heartbeat(now, "a", report(10)).unwrap();
+        e.on_heartbeat(now, "b", report(10)).unwrap();
+        e.on_tick(now);
+        assert!(!e.is_seeded());
+        let t = e.table();
+        assert!(
+            t.entries.iter().all(|r| r.rule != Rule::Seeded),
+            "measured rows still say seeded: {t:?}"
+        );
+        let decisions: Vec<Decision> = std::iter::from_fn(|| e.poll_decision()).collect();
+        assert_eq!(
+            decisions.len(),
+            2,
+            "one hand-over record each: {decisions:?}"
+        );
+        assert!(
+            decisions.iter().all(|d| d.rule != Rule::Seeded
+                && d.reason.starts_with("measurements take over from the seed")),
+            "{decisions:?}"
+        );
+    }
+
+    #[test]
     fn unknown_endpoints_get_the_mean_share_and_an_empty_seed_is_static() {
         let t0 = Instant::now();
         let mut e = engine(t0, &["a", "b", "c"]);

@@ -67,6 +67,9 @@ impl Engine {
         if self.ever_had_data {
             self.seed = None;
         }
+        // The first measured table after a seed says so once per endpoint, even when it moved less than the
+        // decision threshold: the rows must not go on claiming `seeded` shares that measurements now carry.
+        let seed_handed_over = self.seeding && !seeding;
         self.seeding = seeding;
         if fallback {
             if !seeding {
@@ -100,7 +103,12 @@ impl Engine {
                 Some(now + self.config.heartbeat_interval * self.config.window_len as u32);
         }
         self.in_fallback = fallback;
-        self.publish(now, fallback && !seeding, fallback_changed);
+        self.publish(
+            now,
+            fallback && !seeding,
+            fallback_changed,
+            seed_handed_over,
+        );
     }
 
     pub(crate) fn static_weights(&mut self) {
