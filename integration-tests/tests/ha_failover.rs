@@ -113,3 +113,69 @@ async fn the_standby_takes_over_within_two_seconds_from_the_leaders_weights() {
         .await;
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_shut_down_gracefully_hands_over_at_once() {
+    // A 10 s lease: waiting for it to expire would take 10 s; a resignation revokes it at once.
+    let etcd = Etcd::start_with(&[]).await;
+    let pki = Pki::new("test-ca");
+    let ([a, b], mut config) = fleet(&pki, [("a", 8, 5), ("b", 8, 20)]).await;
+    let mut ha = HaConfig::with_urls(vec![etcd.url.clone()]);
+    ha.lease_ttl_s = 10;
+    config.ha = Some(ha);
+    let _load_a = steady_load(a.uri(), 100);
+    let _load_b = steady_load(b.uri(), 100);
+
+    let first = Coordinator::start(config.clone())
+        .await
+        .expect("start the first");
+    eventually(
+        Duration::from_secs(10),
+        "the first coordinator leads",
+        || {
+            let l = leads(&first);
+            async move { l }
+        },
+    )
+    .await;
+    config.listen.grpc = Some(any_port());
+    let second = Coordinator::start(config).await.expect("start the second");
+    let mut watcher = Watcher::connect(second.grpc_addr().expect("gRPC"), "svc").await;
+    let leader_epoch = first.handle().epoch();
+    watcher
+        .until(
+            Duration::from_secs(15),
+            "the leader's measured shares from the standby",
+            |s| s.epoch == leader_epoch && entry(s, "a").is_some_and(|(w, _)| w > 0.7),
+        )
+        .await;
+    assert!(!leads(&second));
+
+    let stopped = Instant::now();
+    first.shutdown().await;
+    eventually(
+        Duration::from_secs(2),
+        "the standby leads within 2 s of a graceful shutdown (the lease's TTL is 10 s)",
+        || {
+            let l = leads(&second);
+            async move { l }
+        },
+    )
+    .await;
+    println!(
+        "graceful handover: the standby led {:.0} ms after the leader began shutting down",
+        stopped.elapsed().as_secs_f64() * 1e3
+    );
+    let own_epoch = second.handle().epoch();
+    watcher
+        .until(
+            Duration::from_secs(5),
+            "the new leader's own weights",
+            |s| {
+                assert!(!s.static_fallback, "{}", describe(s));
+                s.epoch == own_epoch
+            },
+        )
+        .await;
+    second.shutdown().await;
+}

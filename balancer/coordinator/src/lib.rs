@@ -134,6 +134,7 @@ pub struct Coordinator {
     /// Aborts itself and its connections when dropped.
     http: Option<lateral_ops::http_server::HttpServer>,
     xds: Option<xds::XdsTask>,
+    candidacy: Option<persist::Candidacy>,
 }
 
 impl Drop for Coordinator {
@@ -203,7 +204,7 @@ impl Coordinator {
             Some(addr) => Some(serve_grpc(addr, handle.clone()).await?),
             None => None,
         };
-        ha.spawn(&handle, grpc.as_ref().map(|(addr, _, _)| *addr));
+        let candidacy = ha.spawn(&handle, grpc.as_ref().map(|(addr, _, _)| *addr));
         let http = match http_listen {
             Some(addr) => Some(http::serve(addr, handle.clone()).await?),
             None => None,
@@ -215,6 +216,7 @@ impl Coordinator {
             grpc,
             http,
             xds,
+            candidacy,
         })
     }
 
@@ -249,6 +251,8 @@ impl Coordinator {
     pub async fn reload(&self, config: CoordinatorConfig) -> Result<(), Error> {
         config.validate("the new configuration")?;
         let names = config.services.iter().map(|s| s.name.clone()).collect();
+        let xds_services: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
+        let xds_config = config.xds.clone();
         let (done, applied) = oneshot::channel();
         self.handle
             .commands
@@ -261,11 +265,19 @@ impl Coordinator {
         if let Ok(mut services) = self.handle.services.write() {
             *services = names;
         }
+        if let Some(xds) = &self.xds {
+            xds.set_services(&self.handle, xds_config, xds_services)
+                .await?;
+        }
         Ok(())
     }
 
-    /// Stops the gRPC server gracefully and the driver and ingest tasks.
+    /// Stops gracefully: resigns from the HA election first (a standby leads at once instead of when this
+    /// one's lease would expire), then the servers, the driver and ingest tasks.
     pub async fn shutdown(mut self) {
+        if let Some(candidacy) = self.candidacy.take() {
+            candidacy.resign(Duration::from_secs(3)).await;
+        }
         if let Some(xds) = self.xds.take() {
             xds.shutdown().await;
         }

@@ -419,7 +419,6 @@ pub(crate) struct Background {
     ha: Option<HaConfig>,
     leading: Arc<AtomicBool>,
     max_age: Duration,
-    services: Vec<String>,
 }
 
 impl Background {
@@ -429,67 +428,97 @@ impl Background {
             ha: config.ha.clone(),
             leading: warm.leading.clone(),
             max_age: warm.max_age,
-            services: config.services.iter().map(|s| s.name.clone()).collect(),
         }
     }
 
-    /// Starts them; each ends by itself when the coordinator stops.
-    pub(crate) fn spawn(self, handle: &Arc<CoordinatorHandle>, grpc: Option<std::net::SocketAddr>) {
+    /// Starts them; each ends by itself when the coordinator stops. With HA, the returned handle resigns
+    /// from the election on a graceful shutdown.
+    pub(crate) fn spawn(
+        self,
+        handle: &Arc<CoordinatorHandle>,
+        grpc: Option<std::net::SocketAddr>,
+    ) -> Option<Candidacy> {
         if let Some(store) = self.store {
-            tokio::spawn(run_writer(
-                store,
-                Arc::downgrade(handle),
-                self.services,
-                self.leading,
-            ));
+            tokio::spawn(run_writer(store, Arc::downgrade(handle), self.leading));
         }
-        if let Some(ha) = self.ha {
-            let name = ha.name.clone().unwrap_or_else(|| match grpc {
-                Some(addr) => format!("{addr} (pid {})", std::process::id()),
-                None => format!("pid {}", std::process::id()),
-            });
-            let elector = Arc::new(Elector {
-                config: ha,
-                name,
-                commands: handle.commands.downgrade(),
-                leading: AtomicBool::new(false),
-                max_age: self.max_age,
-            });
-            tokio::spawn(crate::election::run(elector.clone()));
-            tokio::spawn(crate::election::run_mirror(elector));
+        let ha = self.ha?;
+        let name = ha.name.clone().unwrap_or_else(|| match grpc {
+            Some(addr) => format!("{addr} (pid {})", std::process::id()),
+            None => format!("pid {}", std::process::id()),
+        });
+        let (resign, resigned) = tokio::sync::watch::channel(false);
+        let elector = Arc::new(Elector {
+            config: ha,
+            name,
+            commands: handle.commands.downgrade(),
+            leading: AtomicBool::new(false),
+            max_age: self.max_age,
+            resign: resigned,
+        });
+        let election = tokio::spawn(crate::election::run(elector.clone()));
+        tokio::spawn(crate::election::run_mirror(elector));
+        Some(Candidacy { resign, election })
+    }
+}
+
+/// This coordinator's part in the HA election.
+pub(crate) struct Candidacy {
+    resign: tokio::sync::watch::Sender<bool>,
+    election: tokio::task::JoinHandle<()>,
+}
+
+impl Candidacy {
+    /// Leaves the election (the lease revoked, so a standby leads at once), waiting at most `within`.
+    pub(crate) async fn resign(self, within: Duration) {
+        self.resign.send_replace(true);
+        if tokio::time::timeout(within, self.election).await.is_err() {
+            tracing::warn!(
+                "HA election: did not resign within {within:?}; the lease expires by itself"
+            );
         }
     }
 }
 
 /// Persists every service's weights as they are published, at most once per [`WRITE_INTERVAL`], while
-/// `leading` (a standby republishes the leader's weights and must not write them back). Ends when the
-/// coordinator stops.
+/// `leading` (a standby republishes the leader's weights and must not write them back). Follows the
+/// configured services (a reload adds and removes them; a removed one's last record stays in the store, so
+/// re-adding it soon seeds it). Ends when the coordinator stops.
 pub(crate) async fn run_writer(
     store: Store,
     handle: std::sync::Weak<CoordinatorHandle>,
-    services: Vec<String>,
     leading: Arc<AtomicBool>,
 ) {
     let mut receivers: Vec<(String, WeightsReceiver)> = Vec::new();
-    {
-        let Some(h) = handle.upgrade() else { return };
-        for name in services {
-            if let Ok(rx) = h.subscribe(&name).await {
-                receivers.push((name, rx));
-            }
-        }
-    }
     let mut all: BTreeMap<String, PersistedWeights> = store.load().await.unwrap_or_default();
     let mut kv = None;
     let mut tick = tokio::time::interval(WRITE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        {
+            let Some(h) = handle.upgrade() else { return };
+            if h.commands.is_closed() {
+                return;
+            }
+            let names: Vec<String> = h
+                .services
+                .read()
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default();
+            receivers.retain(|(name, _)| names.contains(name));
+            for name in names {
+                if !receivers.iter().any(|(n, _)| *n == name)
+                    && let Ok(rx) = h.subscribe(&name).await
+                {
+                    receivers.push((name, rx));
+                }
+            }
+        }
         tick.tick().await;
         let mut changed = Vec::new();
         for (name, rx) in &mut receivers {
             match rx.has_changed() {
-                Err(_) => return,
-                Ok(false) => continue,
+                // The service was removed (the next round drops its receiver).
+                Err(_) | Ok(false) => continue,
                 Ok(true) => {}
             }
             let Some(snapshot) = rx.borrow_and_update().clone() else {

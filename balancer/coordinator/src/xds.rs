@@ -2,10 +2,10 @@
 //! configured service's weights (the same receivers `WatchWeights` streams from) become LDS/RDS/CDS/EDS for
 //! Envoy and gRPC xDS clients. Everything about xDS itself lives in that crate; this file only connects it.
 //!
-//! The services are those configured at start; like the listen addresses, a service added by reload needs a
-//! restart to reach xDS, and one removed by reload stays published with its last weights until then (the
-//! publisher keeps a service's last snapshot when its receiver closes, so a stopping coordinator never pushes
-//! an empty configuration). Built without the `xds` feature, a configuration with `listen.xds` is refused.
+//! A reload replaces the services and `[xds]` (not `listen.xds`, fixed at start like every listen address):
+//! an added service is published at the next push, a removed one withdrawn. A stopping coordinator never
+//! pushes an empty configuration: the publisher keeps a service's last snapshot when its receiver closes.
+//! Built without the `xds` feature, a configuration with `listen.xds` is refused.
 
 use std::net::SocketAddr;
 
@@ -55,6 +55,31 @@ impl XdsTask {
         return self.server.local_addr();
         #[cfg(not(feature = "xds"))]
         match self.never {}
+    }
+
+    /// Publishes `services` (all of them: a reload's new set) with `config`.
+    pub(crate) async fn set_services(
+        &self,
+        handle: &CoordinatorHandle,
+        config: lateral_xds::XdsConfig,
+        services: Vec<String>,
+    ) -> Result<(), Error> {
+        #[cfg(feature = "xds")]
+        {
+            let mut receivers = Vec::with_capacity(services.len());
+            for service in services {
+                let rx = handle.subscribe(&service).await?;
+                receivers.push((service, rx));
+            }
+            self.server
+                .set_services(config, receivers)
+                .map_err(|e| Error::Transport(e.to_string()))
+        }
+        #[cfg(not(feature = "xds"))]
+        {
+            let _ = (handle, config, services);
+            match self.never {}
+        }
     }
 
     /// Closes the streams; clients keep their last resources.

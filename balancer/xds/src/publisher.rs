@@ -2,13 +2,16 @@
 //! once per [`XdsConfig::push_interval`]: changes inside an interval are coalesced (a `watch` keeps only the
 //! latest snapshot) and the newest is published when the interval ends.
 //!
+//! The set of services (and the configuration) can be replaced while it runs ([`Publisher::set_services`]:
+//! a coordinator's reload); a service left out of the new set leaves the resources at the next push.
+//!
 //! The only clock read is tokio's, so tests with paused time drive it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use lateral_proto::coordinator::WeightSnapshot;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
@@ -25,7 +28,11 @@ pub type WeightsReceiver = watch::Receiver<Option<Arc<WeightSnapshot>>>;
 pub struct Publisher {
     catalog: watch::Receiver<Arc<Catalog>>,
     task: JoinHandle<()>,
+    sets: mpsc::UnboundedSender<ServiceSet>,
 }
+
+/// What to publish: the configuration and every service's weights.
+type ServiceSet = (XdsConfig, Vec<(String, WeightsReceiver)>);
 
 impl Drop for Publisher {
     fn drop(&mut self) {
@@ -37,8 +44,20 @@ impl Publisher {
     /// Starts following `receivers` (service name → its weights).
     pub fn spawn(config: XdsConfig, receivers: Vec<(String, WeightsReceiver)>) -> Self {
         let (tx, catalog) = watch::channel(Arc::new(Catalog::default()));
-        let task = tokio::spawn(run(config, receivers, tx));
-        Self { catalog, task }
+        let (sets, next_sets) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(config, receivers, next_sets, tx));
+        Self {
+            catalog,
+            task,
+            sets,
+        }
+    }
+
+    /// Replaces the configuration and the services (the caller validated `config` against them): every
+    /// receiver is followed afresh, and services not in `receivers` are no longer published.
+    pub fn set_services(&self, config: XdsConfig, receivers: Vec<(String, WeightsReceiver)>) {
+        // Fails only when the task has ended, and then nothing is served to set.
+        let _ = self.sets.send((config, receivers));
     }
 
     /// The latest catalog; `changed()` on a clone wakes on every publication.
@@ -48,8 +67,9 @@ impl Publisher {
 }
 
 async fn run(
-    config: XdsConfig,
+    mut config: XdsConfig,
     receivers: Vec<(String, WeightsReceiver)>,
+    mut sets: mpsc::UnboundedReceiver<ServiceSet>,
     tx: watch::Sender<Arc<Catalog>>,
 ) {
     let mut updates = StreamMap::new();
@@ -59,9 +79,26 @@ async fn run(
     let mut snapshots: BTreeMap<String, Arc<WeightSnapshot>> = BTreeMap::new();
     let mut current = Arc::new(Catalog::default());
     let mut last_push: Option<Instant> = None;
-    while let Some((service, snapshot)) = updates.next().await {
-        if let Some(snapshot) = snapshot {
-            snapshots.insert(service, snapshot);
+    let mut sets_open = true;
+    loop {
+        tokio::select! {
+            update = updates.next(), if !updates.is_empty() => {
+                if let Some((service, Some(snapshot))) = update {
+                    snapshots.insert(service, snapshot);
+                }
+            }
+            set = sets.recv(), if sets_open => match set {
+                Some((next_config, receivers)) => {
+                    config = next_config;
+                    snapshots.retain(|name, _| receivers.iter().any(|(n, _)| n == name));
+                    updates = StreamMap::new();
+                    for (service, rx) in receivers {
+                        updates.insert(service, WatchStream::new(rx));
+                    }
+                }
+                None => sets_open = false,
+            },
+            else => break,
         }
         // No push before the interval since the last one ends; what arrives meanwhile is folded in.
         if let Some(at) = last_push {
@@ -178,6 +215,49 @@ mod tests {
             800_000
         );
         assert!(!catalog.has_changed().unwrap());
+    }
+
+    fn clusters(rx: &watch::Receiver<Arc<Catalog>>) -> usize {
+        rx.borrow()
+            .get(TypeUrl::Cluster, ListenerShape::Api)
+            .resources
+            .len()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_service_set_adds_and_removes_services() {
+        let (_first, rx) = watch::channel(snapshot(1, 0.75));
+        let publisher =
+            Publisher::spawn(XdsConfig::default(), vec![("greeter".into(), rx.clone())]);
+        let mut catalog = publisher.catalog();
+        catalog.changed().await.unwrap();
+        assert_eq!(clusters(&catalog), 1);
+
+        let other = snapshot(1, 0.5).map(|s| {
+            Arc::new(WeightSnapshot {
+                service: "other".into(),
+                ..(*s).clone()
+            })
+        });
+        let (_second, other_rx) = watch::channel(other);
+        publisher.set_services(
+            XdsConfig::default(),
+            vec![("greeter".into(), rx), ("other".into(), other_rx.clone())],
+        );
+        catalog.changed().await.unwrap();
+        assert_eq!(clusters(&catalog), 2, "the added service is published");
+
+        publisher.set_services(XdsConfig::default(), vec![("other".into(), other_rx)]);
+        catalog.changed().await.unwrap();
+        assert_eq!(clusters(&catalog), 1, "the removed service is withdrawn");
+        let names: Vec<String> = catalog
+            .borrow()
+            .get(TypeUrl::Cluster, ListenerShape::Api)
+            .resources
+            .keys()
+            .cloned()
+            .collect();
+        assert!(names.iter().all(|n| n.contains("other")), "{names:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -95,6 +95,18 @@ impl XdsServer {
         self.publisher.catalog()
     }
 
+    /// Replaces the configuration and the services (a coordinator's reload): validated like at start, then
+    /// pushed to every stream at the next interval; services not in `receivers` leave the resources.
+    pub fn set_services(
+        &self,
+        config: XdsConfig,
+        receivers: Vec<(String, WeightsReceiver)>,
+    ) -> Result<(), Error> {
+        config.validate(receivers.iter().map(|(s, _)| s.as_str()))?;
+        self.publisher.set_services(config, receivers);
+        Ok(())
+    }
+
     /// Stops accepting streams and closes the open ones; clients keep their last resources.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
