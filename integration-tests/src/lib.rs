@@ -5,6 +5,8 @@
 //! (tens of milliseconds) and wait for conditions with deadlines instead of sleeping fixed amounts.
 #![warn(missing_docs)]
 
+pub mod xds_peers;
+
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -380,4 +382,13 @@ impl Drop for Etcd {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether `coordinator` leads its HA election (`lateral_coordinator_leader` as it exports it).
+pub fn leads(coordinator: &lateral_coordinator::Coordinator) -> bool {
+    coordinator
+        .handle()
+        .render_prometheus()
+        .lines()
+        .any(|l| l.trim() == "lateral_coordinator_leader 1")
 }

@@ -9,15 +9,6 @@ use lateral_coordinator::Coordinator;
 use lateral_coordinator::config::HaConfig;
 use lateral_integration_tests::*;
 
-/// `lateral_coordinator_leader` as the coordinator exports it.
-fn leads(coordinator: &Coordinator) -> bool {
-    coordinator
-        .handle()
-        .render_prometheus()
-        .lines()
-        .any(|l| l.trim() == "lateral_coordinator_leader 1")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_takes_over_within_two_seconds_from_the_leaders_weights() {
     // A short election timeout lets a 1 s lease exist (etcd raises shorter TTLs to 1.5 × the timeout).

@@ -139,6 +139,9 @@ impl AggregatedDiscoveryService for Ads {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        if self.catalog.has_changed().is_err() {
+            return Err(stopped());
+        }
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tokio::spawn(serve_stream(
             peer,
@@ -167,7 +170,7 @@ async fn serve_stream(
 ) {
     let mut state = StreamState::new();
     let mut node = String::new();
-    let mut catalogs = Some(catalog.clone());
+    let mut updates = catalog.clone();
     loop {
         let responses = tokio::select! {
             request = inbound.message() => match request {
@@ -191,16 +194,14 @@ async fn serve_stream(
                     break;
                 }
             },
-            changed = async {
-                match catalogs.as_mut() {
-                    Some(rx) => rx.changed().await.is_ok(),
-                    None => std::future::pending().await,
-                }
-            } => {
+            changed = updates.changed() => {
+                let changed = changed.is_ok();
                 if !changed {
-                    // The publisher stopped: keep the stream and its last resources, watch no more.
-                    catalogs = None;
-                    continue;
+                    // The server stopped (its publisher is gone): end the stream, so the client reconnects
+                    // to another server of its ADS cluster (an HA standby). It keeps its last resources
+                    // meanwhile; a stream kept open here would pin it to weights that never change again.
+                    let _ = tx.send(Err(stopped())).await;
+                    break;
                 }
                 let current = catalog.borrow().clone();
                 state.on_catalog(&current)
@@ -216,6 +217,11 @@ async fn serve_stream(
         }
     }
     tracing::info!(%peer, %node, "ADS stream closed");
+}
+
+/// What a stream gets from a stopped server.
+fn stopped() -> Status {
+    Status::unavailable("this xDS server has stopped: reconnect to another")
 }
 
 fn log(peer: &str, node: &str, note: Note) {

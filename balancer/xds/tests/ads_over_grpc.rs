@@ -141,3 +141,47 @@ async fn subscribe_ack_push_nack_over_grpc() {
     assert_eq!(delta.code(), tonic::Code::Unimplemented);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_ends_its_streams_so_clients_fail_over() {
+    let (_weights, rx) = watch::channel(snapshot(0.75));
+    let server = XdsServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        XdsConfig::default(),
+        vec![("greeter".into(), rx)],
+    )
+    .await
+    .expect("start");
+    let mut client =
+        AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.local_addr()))
+            .await
+            .expect("connect");
+    let (tx, requests) = mpsc::channel(8);
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(requests))
+        .await
+        .expect("a stream")
+        .into_inner();
+    tx.send(request(TypeUrl::Endpoints, &["greeter"], None))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), responses.next())
+        .await
+        .expect("a first response")
+        .expect("open")
+        .expect("a response");
+    tx.send(request(TypeUrl::Endpoints, &["greeter"], Some(&first)))
+        .await
+        .unwrap();
+    // Dropped, as an embedding process drops its coordinator: the open stream ends with UNAVAILABLE
+    // instead of staying open on weights that will never change again.
+    drop(server);
+    let ended = tokio::time::timeout(Duration::from_secs(5), responses.next())
+        .await
+        .expect("the stream ends within 5 s");
+    match ended {
+        Some(Err(status)) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status}"),
+        None => {}
+        Some(Ok(r)) => panic!("a response after the server stopped: {r:?}"),
+    }
+}

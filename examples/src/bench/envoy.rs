@@ -378,6 +378,15 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> Result<(u16, String), B
 
 /// The weight Envoy's admin `/clusters` shows for each of `backends` (in their order; `None` when absent).
 pub fn parse_weights(clusters: &str, backends: &[SocketAddr]) -> Vec<Option<u32>> {
+    parse_cluster_weights(clusters, CLUSTER, backends)
+}
+
+/// [`parse_weights`] for the hosts of `cluster`.
+pub fn parse_cluster_weights(
+    clusters: &str,
+    cluster_name: &str,
+    backends: &[SocketAddr],
+) -> Vec<Option<u32>> {
     let mut out = vec![None; backends.len()];
     for line in clusters.lines() {
         // backends::127.0.0.1:40123::weight::17
@@ -387,7 +396,7 @@ pub fn parse_weights(clusters: &str, backends: &[SocketAddr]) -> Vec<Option<u32>
         else {
             continue;
         };
-        if cluster != CLUSTER {
+        if cluster != cluster_name {
             continue;
         }
         let (Ok(host), Ok(w)) = (host.parse::<SocketAddr>(), w.trim().parse::<u32>()) else {
