@@ -392,3 +392,67 @@ pub fn leads(coordinator: &lateral_coordinator::Coordinator) -> bool {
         .lines()
         .any(|l| l.trim() == "lateral_coordinator_leader 1")
 }
+
+/// Waits up to `within` for `coordinator` to lead its HA election; panics with `what` otherwise.
+pub async fn until_leads(
+    coordinator: &lateral_coordinator::Coordinator,
+    within: Duration,
+    what: &str,
+) {
+    eventually(within, what, || {
+        let l = leads(coordinator);
+        async move { l }
+    })
+    .await;
+}
+
+/// Two coordinators started over one configuration with `[ha]` (service `svc`, an endpoint `a` with about
+/// 4× the capacity of the others): the first leads, the second stands by, and the standby's `WatchWeights`
+/// already carries the leader's measured shares (a above 0.7).
+pub struct HaPair {
+    /// The first coordinator, leading.
+    pub leader: lateral_coordinator::Coordinator,
+    /// The second, standing by.
+    pub standby: lateral_coordinator::Coordinator,
+    /// Subscribed to `svc` on the standby.
+    pub watcher: Watcher,
+    /// The leader's shares as the standby republished them.
+    pub mirrored: WeightSnapshot,
+}
+
+impl HaPair {
+    /// Starts the pair from `config` (which names the etcd in `[ha]`).
+    pub async fn start(config: CoordinatorConfig) -> Self {
+        let leader = lateral_coordinator::Coordinator::start(config.clone())
+            .await
+            .expect("start the first coordinator");
+        until_leads(
+            &leader,
+            Duration::from_secs(10),
+            "the first coordinator leads",
+        )
+        .await;
+        let standby = lateral_coordinator::Coordinator::start(config)
+            .await
+            .expect("start the second coordinator");
+        assert!(
+            !leads(&standby),
+            "the second stands by while the first leads"
+        );
+        let leader_epoch = leader.handle().epoch();
+        let mut watcher = Watcher::connect(standby.grpc_addr().expect("gRPC"), "svc").await;
+        let mirrored = watcher
+            .until(
+                Duration::from_secs(15),
+                "the leader's 4:1 shares from the standby",
+                |s| s.epoch == leader_epoch && entry(s, "a").is_some_and(|(w, _)| w > 0.7),
+            )
+            .await;
+        Self {
+            leader,
+            standby,
+            watcher,
+            mirrored,
+        }
+    }
+}

@@ -220,6 +220,21 @@ pub async fn drive(
     all
 }
 
+/// Waits up to 20 s for a call through the peer at `uri` to be served (its listener is up and routes).
+pub async fn until_envoy_routes(uri: &str) {
+    let no_stop = Arc::new(AtomicBool::new(false));
+    crate::eventually(Duration::from_secs(20), "Envoy routes a call", || {
+        let (uri, stop) = (uri.to_string(), no_stop.clone());
+        async move {
+            drive(&uri, 1, 1, stop)
+                .await
+                .first()
+                .is_some_and(|(_, who)| !who.is_empty())
+        }
+    })
+    .await;
+}
+
 /// Calls per server (`""`: failed).
 pub fn counts(served: &[Served]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();

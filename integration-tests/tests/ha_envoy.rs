@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use lateral_coordinator::Coordinator;
 use lateral_coordinator::config::HaConfig;
 use lateral_examples::bench::envoy;
 use lateral_integration_tests::xds_peers::*;
@@ -72,29 +71,13 @@ async fn killing_the_leader_under_load_through_envoy_loses_nothing_and_never_goe
         let _load_a = steady_load(a.uri(), 100);
         let _load_b = steady_load(b.uri(), 100);
 
-        let first = Coordinator::start(config.clone())
-            .await
-            .expect("start the first");
-        eventually(
-            Duration::from_secs(10),
-            "the first coordinator leads",
-            || {
-                let l = leads(&first);
-                async move { l }
-            },
-        )
-        .await;
-        let second = Coordinator::start(config).await.expect("start the second");
-        let (leader_epoch, own_epoch) = (first.handle().epoch(), second.handle().epoch());
-        let mut watcher = Watcher::connect(second.grpc_addr().expect("gRPC"), "svc").await;
-        watcher
-            .until(
-                Duration::from_secs(15),
-                "the leader's 4:1 shares from the standby",
-                |s| s.epoch == leader_epoch && entry(s, "a").is_some_and(|(w, _)| w > 0.7),
-            )
-            .await;
-        assert!(!leads(&second), "the second stands by");
+        let HaPair {
+            leader: first,
+            standby: second,
+            mut watcher,
+            ..
+        } = HaPair::start(config).await;
+        let own_epoch = second.handle().epoch();
 
         let ads = [
             first.xds_addr().expect("xDS on the first"),
@@ -113,21 +96,7 @@ async fn killing_the_leader_under_load_through_envoy_loses_nothing_and_never_goe
         )
         .await;
         let uri = format!("http://127.0.0.1:{port}");
-        let no_stop = Arc::new(AtomicBool::new(false));
-        eventually(
-            Duration::from_secs(20),
-            "Envoy's listener routes a call",
-            || {
-                let (uri, stop) = (uri.clone(), no_stop.clone());
-                async move {
-                    drive(&uri, 1, 1, stop)
-                        .await
-                        .first()
-                        .is_some_and(|(_, who)| !who.is_empty())
-                }
-            },
-        )
-        .await;
+        until_envoy_routes(&uri).await;
 
         // Envoy's weights, sampled every 50 ms from before the kill to the end.
         let stop = Arc::new(AtomicBool::new(false));
@@ -153,13 +122,10 @@ async fn killing_the_leader_under_load_through_envoy_loses_nothing_and_never_goe
 
         drop(first);
         let died = Instant::now();
-        eventually(
+        until_leads(
+            &second,
             Duration::from_secs(2),
             "the standby leads within 2 s",
-            || {
-                let l = leads(&second);
-                async move { l }
-            },
         )
         .await;
         let takeover = died.elapsed();

@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use lateral_coordinator::Coordinator;
 use lateral_coordinator::config::HaConfig;
 use lateral_integration_tests::*;
 
@@ -19,47 +18,21 @@ async fn the_standby_takes_over_within_two_seconds_from_the_leaders_weights() {
     let _load_a = steady_load(a.uri(), 100);
     let _load_b = steady_load(b.uri(), 100);
 
-    let first = Coordinator::start(config.clone())
-        .await
-        .expect("start the first");
-    eventually(
-        Duration::from_secs(10),
-        "the first coordinator leads",
-        || {
-            let l = leads(&first);
-            async move { l }
-        },
-    )
-    .await;
-    config.listen.grpc = Some(any_port());
-    let second = Coordinator::start(config).await.expect("start the second");
-    let leader_epoch = first.handle().epoch();
+    let HaPair {
+        leader: first,
+        standby: second,
+        mut watcher,
+        mirrored,
+    } = HaPair::start(config).await;
     let own_epoch = second.handle().epoch();
-    assert!(
-        !leads(&second),
-        "the second stands by while the first leads"
-    );
-
-    // The standby's clients get the leader's measured weights.
-    let mut watcher = Watcher::connect(second.grpc_addr().expect("gRPC"), "svc").await;
-    let mirrored = watcher
-        .until(
-            Duration::from_secs(15),
-            "the leader's 4:1 shares from the standby",
-            |s| s.epoch == leader_epoch && entry(s, "a").is_some_and(|(w, _)| w > 0.7),
-        )
-        .await;
     let before = entry(&mirrored, "a").map_or(0.0, |(w, _)| w);
 
     drop(first);
     let died = Instant::now();
-    eventually(
+    until_leads(
+        &second,
         Duration::from_secs(2),
         "the standby leads within 2 s",
-        || {
-            let l = leads(&second);
-            async move { l }
-        },
     )
     .await;
     let takeover = died.elapsed();
@@ -117,40 +90,19 @@ async fn a_leader_shut_down_gracefully_hands_over_at_once() {
     let _load_a = steady_load(a.uri(), 100);
     let _load_b = steady_load(b.uri(), 100);
 
-    let first = Coordinator::start(config.clone())
-        .await
-        .expect("start the first");
-    eventually(
-        Duration::from_secs(10),
-        "the first coordinator leads",
-        || {
-            let l = leads(&first);
-            async move { l }
-        },
-    )
-    .await;
-    config.listen.grpc = Some(any_port());
-    let second = Coordinator::start(config).await.expect("start the second");
-    let mut watcher = Watcher::connect(second.grpc_addr().expect("gRPC"), "svc").await;
-    let leader_epoch = first.handle().epoch();
-    watcher
-        .until(
-            Duration::from_secs(15),
-            "the leader's measured shares from the standby",
-            |s| s.epoch == leader_epoch && entry(s, "a").is_some_and(|(w, _)| w > 0.7),
-        )
-        .await;
-    assert!(!leads(&second));
+    let HaPair {
+        leader: first,
+        standby: second,
+        mut watcher,
+        ..
+    } = HaPair::start(config).await;
 
     let stopped = Instant::now();
     first.shutdown().await;
-    eventually(
+    until_leads(
+        &second,
         Duration::from_secs(2),
         "the standby leads within 2 s of a graceful shutdown (the lease's TTL is 10 s)",
-        || {
-            let l = leads(&second);
-            async move { l }
-        },
     )
     .await;
     println!(

@@ -25,7 +25,7 @@ use lateral_coordinator::{Coordinator, CoordinatorConfig};
 use lateral_examples::backend::{Backend, BackendSpec};
 use lateral_examples::bench::envoy;
 use lateral_integration_tests::xds_peers::*;
-use lateral_integration_tests::{Pki, any_port, backend, describe, entry, eventually};
+use lateral_integration_tests::{Pki, any_port, backend, describe, entry};
 use lateral_proto::coordinator::EndpointState;
 use tokio::time::Instant;
 
@@ -109,17 +109,7 @@ async fn envoy_follows_published_shares_ejection_and_outlives_the_coordinator() 
         let _envoy = start_envoy(&binary.path, &dir.0, &[ads]);
         let uri = format!("http://127.0.0.1:{port}");
         let no_stop = Arc::new(AtomicBool::new(false));
-        eventually(Duration::from_secs(20), "Envoy routes a call", || {
-            let uri = uri.clone();
-            let stop = no_stop.clone();
-            async move {
-                drive(&uri, 1, 1, stop)
-                    .await
-                    .first()
-                    .is_some_and(|(_, who)| !who.is_empty())
-            }
-        })
-        .await;
+        until_envoy_routes(&uri).await;
 
         // 1. Shares.
         let sampler = Sampler::start(weights.clone());

@@ -55,6 +55,26 @@ fn weights_of(r: &DiscoveryResponse) -> Vec<u32> {
         .collect()
 }
 
+/// An ADS stream to `server`: where to send requests, and the responses.
+async fn open_stream(
+    server: &XdsServer,
+) -> (
+    mpsc::Sender<DiscoveryRequest>,
+    tonic::Streaming<DiscoveryResponse>,
+) {
+    let mut client =
+        AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.local_addr()))
+            .await
+            .expect("connect");
+    let (tx, requests) = mpsc::channel(8);
+    let responses = client
+        .stream_aggregated_resources(ReceiverStream::new(requests))
+        .await
+        .expect("a stream")
+        .into_inner();
+    (tx, responses)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_ack_push_nack_over_grpc() {
     let (weights, rx) = watch::channel(snapshot(0.75));
@@ -82,16 +102,7 @@ async fn subscribe_ack_push_nack_over_grpc() {
     .expect("the first catalog")
     .expect("the publisher runs");
 
-    let mut client =
-        AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.local_addr()))
-            .await
-            .expect("connect");
-    let (tx, requests) = mpsc::channel(8);
-    let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(requests))
-        .await
-        .expect("a stream")
-        .into_inner();
+    let (tx, mut responses) = open_stream(&server).await;
     let mut next = async || {
         tokio::time::timeout(Duration::from_secs(5), responses.next())
             .await
@@ -134,6 +145,10 @@ async fn subscribe_ack_push_nack_over_grpc() {
     );
 
     // Delta xDS is refused with UNIMPLEMENTED.
+    let mut client =
+        AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.local_addr()))
+            .await
+            .expect("connect");
     let delta = client
         .delta_aggregated_resources(tokio_stream::empty())
         .await
@@ -152,16 +167,7 @@ async fn a_stopped_server_ends_its_streams_so_clients_fail_over() {
     )
     .await
     .expect("start");
-    let mut client =
-        AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.local_addr()))
-            .await
-            .expect("connect");
-    let (tx, requests) = mpsc::channel(8);
-    let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(requests))
-        .await
-        .expect("a stream")
-        .into_inner();
+    let (tx, mut responses) = open_stream(&server).await;
     tx.send(request(TypeUrl::Endpoints, &["greeter"], None))
         .await
         .unwrap();
