@@ -250,8 +250,8 @@ impl Coordinator {
     /// Listen addresses and TLS are fixed at start; changing them needs a restart (a warning says so).
     pub async fn reload(&self, config: CoordinatorConfig) -> Result<(), Error> {
         config.validate("the new configuration")?;
-        let names = config.services.iter().map(|s| s.name.clone()).collect();
-        let xds_services: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
+        let names: BTreeSet<String> = config.services.iter().map(|s| s.name.clone()).collect();
+        let xds_services: Vec<String> = names.iter().cloned().collect();
         let xds_config = config.xds.clone();
         let (done, applied) = oneshot::channel();
         self.handle
