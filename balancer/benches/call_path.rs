@@ -17,14 +17,18 @@
 //! `GlobalAlloc` impl needs it) counts every allocation in the process, on every thread. After a warm-up,
 //! `ALLOC_CALLS` calls of each variant run in interleaved batches, one call in flight at a time, and the
 //! bench prints allocations per call for each, and the Balancer's excess over the plain channel (what
-//! tonic, hyper and h2 allocate per call is in both; the excess is the Balancer's own).
+//! tonic, hyper and h2 allocate per call is in both; the excess is the Balancer's own). A fourth variant,
+//! counted but not timed, splits that excess: `tonic_channel_id` is the plain channel with the
+//! `x-lateral-request-id` header a Balancer adds (its value made as the Balancer makes it), so
+//! `tonic_channel_id − tonic_channel` is what that header costs on the wire (h2 encoding it at the client,
+//! decoding it at the server — both in this process) and `balancer − tonic_channel_id` is the client code's own.
 
 use std::alloc::System;
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use lateral_balancer::Balancer;
+use lateral_balancer::{Balancer, internals};
 use lateral_proto::demo::echo_client::EchoClient;
 use lateral_proto::demo::echo_server::{Echo, EchoServer};
 use lateral_proto::demo::{EchoReply, EchoRequest};
@@ -41,6 +45,32 @@ const ALLOC_CALLS: u64 = 4000;
 const ALLOC_BATCH: u64 = 100;
 
 const VARIANTS: [&str; 3] = ["tonic_channel", "balancer_1", "balancer_2"];
+/// The variants of the allocation count: [`VARIANTS`] and the plain channel with a request id.
+const COUNTED: [&str; 4] = [
+    "tonic_channel",
+    "balancer_1",
+    "balancer_2",
+    "tonic_channel_id",
+];
+
+/// The client id the `tonic_channel_id` variant's request ids carry (the balancer's, set once).
+static CLIENT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The plain channel with the request-id header a Balancer adds.
+type ChannelWithId = tower::util::MapRequest<Channel, fn(HttpRequest) -> HttpRequest>;
+type HttpRequest = http::Request<tonic::body::Body>;
+
+fn with_request_id(mut request: HttpRequest) -> HttpRequest {
+    let n = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let client = CLIENT_ID.get().map_or("bench", String::as_str);
+    if let Some(id) = internals::request_id(client, n) {
+        request
+            .headers_mut()
+            .insert(internals::REQUEST_ID_NAME.clone(), id);
+    }
+    request
+}
 
 #[derive(Clone)]
 struct Backend(&'static str);
@@ -84,6 +114,7 @@ impl Echo for Backend {
 struct Rig {
     rt: tokio::runtime::Runtime,
     plain: EchoClient<Channel>,
+    plain_with_id: EchoClient<ChannelWithId>,
     one: EchoClient<Balancer>,
     two: EchoClient<Balancer>,
     /// Time spent per variant over every interleaved round so far, and the rounds.
@@ -120,7 +151,7 @@ impl Rig {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let (plain, one, two) = rt.block_on(async {
+        let (plain, plain_with_id, one, two) = rt.block_on(async {
             let a = serve("a").await?;
             let b = serve("b").await?;
             let channel = tonic::transport::Endpoint::from_shared(a.clone())?
@@ -137,8 +168,14 @@ impl Rig {
                 .static_weights([("a", 3.0), ("b", 1.0)])
                 .seed(1)
                 .build()?;
+            let _ = CLIENT_ID.set(one.client_id().to_string());
+            let with_id: ChannelWithId = tower::util::MapRequest::new(
+                channel.clone(),
+                with_request_id as fn(HttpRequest) -> HttpRequest,
+            );
             Ok::<_, BoxError>((
                 EchoClient::new(channel),
+                EchoClient::new(with_id),
                 EchoClient::new(one),
                 EchoClient::new(two),
             ))
@@ -146,6 +183,7 @@ impl Rig {
         Ok(Self {
             rt,
             plain,
+            plain_with_id,
             one,
             two,
             totals: [Duration::ZERO; 3],
@@ -154,16 +192,17 @@ impl Rig {
         })
     }
 
-    /// One unary call on variant `v` (an index into [`VARIANTS`]); panics on an RPC error, which would make
+    /// One unary call on variant `v` (an index into [`COUNTED`]); panics on an RPC error, which would make
     /// every figure meaningless.
     fn call(&mut self, v: usize) {
         let result = match v {
             0 => self.rt.block_on(self.plain.unary(request())),
             1 => self.rt.block_on(self.one.unary(request())),
-            _ => self.rt.block_on(self.two.unary(request())),
+            2 => self.rt.block_on(self.two.unary(request())),
+            _ => self.rt.block_on(self.plain_with_id.unary(request())),
         };
         if let Err(status) = result {
-            panic!("{} call failed: {status}", VARIANTS[v]);
+            panic!("{} call failed: {status}", COUNTED[v]);
         }
     }
 
@@ -187,16 +226,17 @@ impl Rig {
     }
 
     /// Allocations (and reallocations) per call of each variant, after `calls` warm-up calls each.
-    fn allocations_per_call(&mut self, calls: u64) -> [(f64, f64); 3] {
+    fn allocations_per_call(&mut self, calls: u64) -> [(f64, f64); 4] {
+        let n = COUNTED.len();
         for _ in 0..calls {
-            for v in 0..3 {
+            for v in 0..n {
                 self.call(v);
             }
         }
-        let mut counts = [(0u64, 0u64); 3];
+        let mut counts = [(0u64, 0u64); 4];
         for batch in 0..calls / ALLOC_BATCH {
-            for k in 0..3 {
-                let v = (batch as usize + k) % 3;
+            for k in 0..n {
+                let v = (batch as usize + k) % n;
                 let region = Region::new(GLOBAL);
                 for _ in 0..ALLOC_BATCH {
                     self.call(v);
@@ -228,11 +268,16 @@ fn main() {
 
     let allocs = rig.borrow_mut().allocations_per_call(ALLOC_CALLS);
     println!("allocations per unary call ({ALLOC_CALLS} calls each, after as many warm-up calls):");
-    for (name, (a, r)) in VARIANTS.iter().zip(allocs) {
-        println!("  {name:<14} {a:7.2} allocations {r:6.2} reallocations");
+    for (name, (a, r)) in COUNTED.iter().zip(allocs) {
+        println!("  {name:<16} {a:7.2} allocations {r:6.2} reallocations");
     }
+    let header = allocs[3].0 - allocs[0].0;
     for (name, (a, _)) in VARIANTS.iter().zip(allocs).skip(1) {
-        println!("  {name} beyond the plain channel: {:+.2}", a - allocs[0].0);
+        println!(
+            "  {name} beyond the plain channel: {:+.2} (the request-id header on the wire {header:+.2}, the client's own {:+.2})",
+            a - allocs[0].0,
+            a - allocs[3].0
+        );
     }
 
     let mut criterion = Criterion::default()

@@ -10,25 +10,25 @@
 //! a duplicate by request id). A non-idempotent attempt keeps waiting for its own deadline. An attempt on an
 //! endpoint that keeps answering other requests is slow, not stalled, and is left alone.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
-use http_body::{Body as _, Frame};
 use tokio_util::sync::DropGuard;
 use tonic::body::Body;
 use tower::{Service, ServiceExt};
 
-use super::REQUEST_ID_HEADER;
 use super::endpoints::{EndpointHandle, InFlightGuard};
 use super::metrics::ClientMetrics;
 use super::orca;
+use super::request_body::RequestBody;
+use super::request_id::REQUEST_ID_NAME;
 use super::resend::RequestHead;
+use super::response::ResponseBody;
 use super::retry::RetryBudget;
 use super::snapshot::Shared;
 use super::split::{Group, Splitter};
@@ -39,7 +39,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The future returned by [`Balancer::call`](Service::call).
 pub type ResponseFuture =
-    Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send + 'static>>;
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send + 'static>>;
 
 /// A drop-in replacement for `tonic::transport::Channel` that routes each request to one of a service's
 /// endpoints by the latest weights. Cheap to clone; clones share everything. Built with
@@ -115,7 +115,7 @@ impl Balancer {
 }
 
 impl Service<Request<Body>> for Balancer {
-    type Response = Response<Body>;
+    type Response = Response<ResponseBody>;
     type Error = BoxError;
     type Future = ResponseFuture;
 
@@ -183,7 +183,10 @@ enum Outcome {
 impl Inner {
     /// Routes one call; with a split, assigns its group and counts it in the group's metrics (a failure
     /// at once, a response when it ends).
-    async fn dispatch(self: Arc<Self>, request: Request<Body>) -> Result<Response<Body>, BoxError> {
+    async fn dispatch(
+        self: Arc<Self>,
+        request: Request<Body>,
+    ) -> Result<Response<ResponseBody>, BoxError> {
         let split = self
             .split
             .as_ref()
@@ -208,11 +211,11 @@ impl Inner {
         metrics.requests.fetch_add(1, Ordering::Relaxed);
         self.budget.deposit();
         let (mut parts, body) = request.into_parts();
-        if !parts.headers.contains_key(REQUEST_ID_HEADER) {
+        if !parts.headers.contains_key(&REQUEST_ID_NAME) {
             let n = self.next_request.fetch_add(1, Ordering::Relaxed);
             // The client id was validated as a header value at build time.
             if let Some(id) = super::request_id::request_id(&self.client_id, n) {
-                parts.headers.insert(REQUEST_ID_HEADER, id);
+                parts.headers.insert(REQUEST_ID_NAME.clone(), id);
             }
         }
         let idempotent = self.idempotent.contains(parts.uri.path());
@@ -419,169 +422,6 @@ impl Inner {
             }
             // Busy since later than this attempt started (an earlier answer): look again one bound on.
             check_at = tokio::time::Instant::now() + endpoint.live.stall_bound();
-        }
-    }
-}
-
-/// A request body prepared for (possibly) more than one attempt.
-enum RequestBody {
-    /// Fully read without waiting and within the replay limit (every unary and server-streaming call, and
-    /// small client streams that were already complete): each attempt sends a copy.
-    Replayable(Bytes),
-    /// Still streaming: the first attempt gets it; a retry gets it back only if the transport never read it.
-    Streaming(Arc<Reclaim>),
-}
-
-impl RequestBody {
-    /// Reads what the body has ready now (without waiting), up to `limit` bytes. A body that is one data
-    /// frame (every unary request tonic encodes) is kept as that frame's bytes, with no copy and no queue.
-    fn prepare(mut body: Body, limit: usize) -> Result<Self, BoxError> {
-        let mut cx = Context::from_waker(Waker::noop());
-        // The frames read, in order: the first one, then any further ones.
-        let mut first: Option<Frame<Bytes>> = None;
-        let mut more: VecDeque<Frame<Bytes>> = VecDeque::new();
-        let mut size = 0usize;
-        let mut complete = false;
-        loop {
-            if body.is_end_stream() {
-                complete = true;
-                break;
-            }
-            match Pin::new(&mut body).poll_frame(&mut cx) {
-                Poll::Ready(None) => {
-                    complete = true;
-                    break;
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    let is_data = frame.is_data();
-                    size += frame.data_ref().map_or(0, Bytes::len);
-                    if first.is_none() {
-                        first = Some(frame);
-                    } else {
-                        more.push_back(frame);
-                    }
-                    if !is_data || size > limit {
-                        break;
-                    }
-                }
-                Poll::Ready(Some(Err(status))) => return Err(Box::new(status)),
-                Poll::Pending => break,
-            }
-        }
-        let all_data = first.as_ref().is_none_or(Frame::is_data) && more.iter().all(Frame::is_data);
-        if complete && all_data {
-            let bytes = match (first, more.is_empty()) {
-                (None, _) => Bytes::new(),
-                (Some(frame), true) => frame.into_data().unwrap_or_default(),
-                (Some(frame), false) => {
-                    let mut all = BytesMut::with_capacity(size);
-                    for frame in std::iter::once(frame).chain(more) {
-                        if let Some(data) = frame.data_ref() {
-                            all.extend_from_slice(data);
-                        }
-                    }
-                    all.freeze()
-                }
-            };
-            return Ok(Self::Replayable(bytes));
-        }
-        let mut prefix = more;
-        if let Some(frame) = first {
-            prefix.push_front(frame);
-        }
-        Ok(Self::Streaming(Arc::new(Reclaim {
-            started: AtomicBool::new(false),
-            body: Mutex::new(Some(PrefixedBody { prefix, rest: body })),
-        })))
-    }
-
-    /// The body of the next attempt.
-    fn attempt(&self) -> Body {
-        match self {
-            Self::Replayable(bytes) => Body::new(http_body_util::Full::new(bytes.clone())),
-            Self::Streaming(reclaim) => Body::new(ReclaimBody {
-                reclaim: Arc::clone(reclaim),
-                body: None,
-            }),
-        }
-    }
-
-    /// Whether a further attempt can carry the whole body.
-    fn can_send_again(&self) -> bool {
-        match self {
-            Self::Replayable(_) => true,
-            Self::Streaming(reclaim) => {
-                !reclaim.started.load(Ordering::Acquire)
-                    && reclaim
-                        .body
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .is_some()
-            }
-        }
-    }
-}
-
-/// A streaming body parked until an attempt's transport first reads it.
-struct Reclaim {
-    started: AtomicBool,
-    body: Mutex<Option<PrefixedBody>>,
-}
-
-/// The frames read while preparing, then the rest of the body.
-struct PrefixedBody {
-    prefix: VecDeque<Frame<Bytes>>,
-    rest: Body,
-}
-
-impl http_body::Body for PrefixedBody {
-    type Data = Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        if let Some(frame) = self.prefix.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        Pin::new(&mut self.rest).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.prefix.is_empty() && self.rest.is_end_stream()
-    }
-}
-
-/// One attempt's view of a [`Reclaim`]: takes the body out on the first read.
-struct ReclaimBody {
-    reclaim: Arc<Reclaim>,
-    body: Option<PrefixedBody>,
-}
-
-impl http_body::Body for ReclaimBody {
-    type Data = Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        if self.body.is_none() {
-            self.reclaim.started.store(true, Ordering::Release);
-            let taken = self
-                .reclaim
-                .body
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            self.body = taken;
-        }
-        match self.body.as_mut() {
-            Some(body) => Pin::new(body).poll_frame(cx),
-            None => Poll::Ready(Some(Err(tonic::Status::internal(
-                "request body was already sent",
-            )))),
         }
     }
 }

@@ -72,6 +72,7 @@ mod metrics;
 mod orca;
 mod outlier;
 mod picker;
+mod request_body;
 mod request_id;
 mod resend;
 mod response;
@@ -82,10 +83,11 @@ mod watch;
 mod zones;
 
 pub use builder::Builder;
-pub use channel::{Balancer, BoxError};
+pub use channel::{Balancer, BoxError, ResponseFuture};
 pub use endpoints::EndpointConfig;
 pub use error::Error;
 pub use metrics::ClientMetrics;
+pub use response::ResponseBody;
 pub use retry::RetryBudgetConfig;
 pub use snapshot::WeightsFeed;
 pub use split::{Group, GroupStats};
@@ -107,4 +109,5 @@ pub mod internals {
         DECLARED_CAPACITY_METRIC, IN_FLIGHT_METRIC, OrcaReading, parse_report, read_report,
     };
     pub use crate::picker::{MAX_WEIGHT, PickBench, StrideScheduler};
+    pub use crate::request_id::{REQUEST_ID_NAME, request_id};
 }

@@ -1,5 +1,5 @@
-//! The response body a call returns: one wrapper around the transport's body, boxed once, for everything
-//! the balancer reads or counts at the end of a response.
+//! The response body a call returns ([`ResponseBody`]): one wrapper around the transport's body, not boxed
+//! again, for everything the balancer reads or counts at the end of a response.
 //!
 //! - The request's in-flight count on its endpoint ends with the body (its trailers, its end, an error or
 //!   the body being dropped).
@@ -30,7 +30,7 @@ pub(crate) fn wrap(
     guard: InFlightGuard,
     shared: &Arc<Shared>,
     split: Option<(Group, Instant)>,
-) -> Response<Body> {
+) -> Response<ResponseBody> {
     let span = if response.headers().contains_key("grpc-status") {
         None
     } else {
@@ -39,19 +39,21 @@ pub(crate) fn wrap(
     };
     let split = split.map(|(group, started)| Pending::new(group, started, response.headers()));
     let shared = Arc::clone(shared);
-    response.map(|inner| {
-        Body::new(CallBody {
-            inner,
-            guard: Some(guard),
-            shared,
-            span,
-            split,
-        })
+    response.map(|inner| ResponseBody {
+        inner,
+        guard: Some(guard),
+        shared,
+        span,
+        split,
     })
 }
 
-/// See the module docs.
-struct CallBody {
+/// The body of a response through a [`Balancer`](crate::Balancer): the endpoint's gRPC body as tonic's
+/// transport returned it. It ends the request's in-flight count on its endpoint and reads the ORCA load report
+/// in its trailers. A concrete type rather than a `tonic::body::Body` (which would box it once more per
+/// call); generated tonic clients take any body, and `tonic::body::Body::new` converts it where a
+/// `Body` is required.
+pub struct ResponseBody {
     inner: Body,
     guard: Option<InFlightGuard>,
     shared: Arc<Shared>,
@@ -61,7 +63,19 @@ struct CallBody {
     split: Option<Pending>,
 }
 
-impl CallBody {
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field(
+                "endpoint",
+                &self.guard.as_ref().map(InFlightGuard::endpoint),
+            )
+            .field("ended", &self.guard.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResponseBody {
     fn on_trailers(&mut self, trailers: &http::HeaderMap) {
         if let Some(guard) = self.guard.take()
             && let Some(reading) = orca::read_report(trailers)
@@ -89,7 +103,7 @@ impl CallBody {
     }
 }
 
-impl http_body::Body for CallBody {
+impl http_body::Body for ResponseBody {
     type Data = Bytes;
     type Error = tonic::Status;
 
@@ -120,7 +134,7 @@ impl http_body::Body for CallBody {
     }
 }
 
-impl Drop for CallBody {
+impl Drop for ResponseBody {
     fn drop(&mut self) {
         // Dropped before its end: a trailers-only answer counts by its status, anything else was cut short.
         if let Some(pending) = self.split.take() {

@@ -189,13 +189,22 @@ fn channel(uri: &str) -> Result<Endpoint, BoxError> {
         .tcp_nodelay(true))
 }
 
-pub(crate) fn erase<S>(service: S) -> Transport
+/// One transport type for every policy: errors boxed, and the response body as a `tonic::body::Body` (a
+/// no-op for a body that is one already; the Balancer's own body type is boxed here, as any body a user's
+/// layer erases).
+pub(crate) fn erase<S, B>(service: S) -> Transport
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
-    BoxCloneService::new(service.map_err(|e| TransportError(e.into())))
+    BoxCloneService::new(
+        service
+            .map_response(|response| response.map(Body::new))
+            .map_err(|e| TransportError(e.into())),
+    )
 }
 
 /// tower's p2c takes its own small RNG trait; this feeds it from a seeded `SmallRng`.
