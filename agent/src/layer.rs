@@ -138,7 +138,7 @@ impl LoadLayer {
                 shedding: arc
                     .shedding
                     .as_ref()
-                    .map(|s| shedding::Shedding::new(s.queue_allowance())),
+                    .map(|s| shedding::Shedding::new(s.queue_allowance(), arc.recorder.now())),
             },
         };
         f(&mut shared);
@@ -157,10 +157,13 @@ impl LoadLayer {
         self.edit(|s| s.dedup = Some(store))
     }
 
-    /// Refuses requests past `declared capacity · (1 + queue_allowance)` in flight ([`shedding`]; the usual
-    /// allowance is [`shedding::DEFAULT_QUEUE_ALLOWANCE`]). No effect without a declared capacity.
+    /// Refuses requests when the backend's queue stands past `queue_allowance` queued requests per declared
+    /// slot, or reaches twice that ([`shedding`]; the usual allowance is
+    /// [`shedding::DEFAULT_QUEUE_ALLOWANCE`]). No effect without a declared capacity.
     pub fn with_shedding(self, queue_allowance: f64) -> Self {
-        self.edit(|s| s.shedding = Some(shedding::Shedding::new(queue_allowance)))
+        self.edit(|s| {
+            s.shedding = Some(shedding::Shedding::new(queue_allowance, s.recorder.now()));
+        })
     }
 
     /// Requests refused by [`LoadLayer::with_shedding`] so far.
@@ -220,14 +223,15 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let recorder = &self.shared.recorder;
-        if let Some((in_flight, limit)) = self
-            .shared
-            .shedding
-            .as_ref()
-            .and_then(|s| s.refuses(recorder.in_flight(), recorder.declared_capacity()))
-        {
+        if let Some(refusal) = self.shared.shedding.as_ref().and_then(|s| {
+            s.refuses(
+                recorder.in_flight(),
+                recorder.declared_capacity(),
+                recorder.now(),
+            )
+        }) {
             return ResponseFuture {
-                state: State::Shed { in_flight, limit },
+                state: State::Shed { refusal },
                 shared: Arc::clone(&self.shared),
             };
         }
@@ -287,8 +291,7 @@ pin_project! {
             guard: Option<InFlightGuard>,
         },
         Shed {
-            in_flight: u32,
-            limit: u64,
+            refusal: shedding::Refusal,
         },
     }
 }
@@ -322,13 +325,9 @@ where
                     let fut = svc.call(req);
                     this.state.set(State::Called { fut, guard });
                 }
-                StateProj::Shed { in_flight, limit } => {
-                    tracing::debug!(
-                        in_flight,
-                        limit,
-                        "shed a request: backend over its queue allowance"
-                    );
-                    let mut refusal = shedding::refusal(*in_flight, *limit);
+                StateProj::Shed { refusal } => {
+                    tracing::debug!(?refusal, "shed a request: backend over its queue allowance");
+                    let mut refusal = shedding::refusal(*refusal);
                     // The load report tells the client's live queue estimate how full this backend is.
                     if this.shared.orca {
                         orca::insert(refusal.headers_mut(), &this.shared.recorder);

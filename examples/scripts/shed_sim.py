@@ -8,6 +8,9 @@ with the shorter expected delay by the client's *own* in-flight count, as one of
   none          today: every request queues at its backend
   agent(q)      the backend's layer refuses when in flight >= slots + ceil(q * slots) (it sees every client);
                 the client retries a refusal once on another endpoint
+  standing(q)   the backend's layer refuses when in flight >= slots + ceil(2q * slots) (a hard bound), or
+                >= slots + ceil(q * slots) and it has stayed at or above that for the last STANDING_S seconds
+                (a standing queue, as CoDel tells a standing queue from a burst); a retry as for agent(q)
   client(q)     each client refuses locally when its own in flight at the chosen endpoint
                 >= (slots + ceil(q * slots)) / 8 (a client cannot see the other 7), then tries the other candidate
 It prints, per load and rule: goodput / capacity, refused %, p50 and p99 (ms) of served requests,
@@ -17,6 +20,7 @@ usage: python3 shed_sim.py
 import heapq, math, random
 
 CLIENTS = 8
+STANDING_S = 0.1
 
 
 def run(rule, q, backends, load, T=120.0, seed=7):
@@ -27,6 +31,9 @@ def run(rule, q, backends, load, T=120.0, seed=7):
     rate = load * tot
     st = [{"k": k, "mean": m, "busy": 0, "q": [], "inf": 0, "by": [0] * CLIENTS} for k, m in backends]
     limit = [k + math.ceil(q * k) for k, _ in backends]
+    hard = [k + math.ceil(2 * q * k) for k, _ in backends]
+    # since when each backend's in-flight count has been at or above its limit (None: it is below)
+    above = [None] * len(backends)
     ev = [(rng.expovariate(rate), 0, -1, 0.0, 0)]
     lat, served, refused, offered = [], 0, 0, 0
 
@@ -38,9 +45,19 @@ def run(rule, q, backends, load, T=120.0, seed=7):
         # the client's own view, scaled to the whole fleet (it sees ~1/8 of each queue)
         return (st[j]["by"][c] * CLIENTS + 1) / st[j]["k"] * st[j]["mean"]
 
+    def track(i, now):
+        if st[i]["inf"] < limit[i]:
+            above[i] = None
+        elif above[i] is None:
+            above[i] = now
+
     def admit(i, c):
         if rule == "agent":
             return st[i]["inf"] < limit[i]
+        if rule == "standing":
+            if st[i]["inf"] >= hard[i]:
+                return False
+            return not (above[i] is not None and now - above[i] >= STANDING_S)
         if rule == "client":
             return st[i]["by"][c] < limit[i] / CLIENTS
         return True
@@ -72,6 +89,7 @@ def run(rule, q, backends, load, T=120.0, seed=7):
             b = st[placed]
             b["inf"] += 1
             b["by"][c] += 1
+            track(placed, now)
             if b["busy"] < b["k"]:
                 start(placed, now, now, c)
             else:
@@ -81,6 +99,7 @@ def run(rule, q, backends, load, T=120.0, seed=7):
             b["busy"] -= 1
             b["inf"] -= 1
             b["by"][c] -= 1
+            track(i, now)
             if arr > 5.0:
                 lat.append(now - arr)
                 served += 1
@@ -95,10 +114,13 @@ def run(rule, q, backends, load, T=120.0, seed=7):
 
 if __name__ == "__main__":
     # the fault matrix's overload cluster (two fast and two slow backends, 6:1 each; capacity 1400 req/s)
-    backends = [(6, 0.010), (6, 0.010), (4, 0.040), (4, 0.040)]
-    for load in (0.6, 0.9, 1.3):
-        print(f"load {load}:")
-        for rule, q in [("none", 0), ("agent", 0.5), ("agent", 1.0), ("agent", 2.0), ("client", 1.0), ("client", 2.0)]:
+    # and the same with one fast backend lost (the fault matrix's faults leave the others near 85% busy)
+    full = [(6, 0.010), (6, 0.010), (4, 0.040), (4, 0.040)]
+    one_lost = [(6, 0.010), (4, 0.040), (4, 0.040)]
+    rules = [("none", 0), ("agent", 1.0), ("agent", 2.0), ("standing", 1.0), ("standing", 2.0), ("client", 1.0)]
+    for backends, load in [(full, 0.6), (full, 0.9), (one_lost, 0.85), (full, 1.3)]:
+        print(f"load {load}{' (one fast backend lost)' if backends is one_lost else ''}:")
+        for rule, q in rules:
             T = 40.0 if rule == "none" and load > 1 else 120.0
             g, r, p50, p99 = run(rule, q, backends, load, T=T)
             name = rule if rule == "none" else f"{rule}({q})"
