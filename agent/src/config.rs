@@ -84,6 +84,12 @@ pub struct ProxyArgs {
     /// clients and Envoy).
     #[arg(long, env = "LATERAL_AGENT_ORCA", value_parser = clap::builder::BoolishValueParser::new())]
     pub orca: bool,
+    /// Overload shedding, with --declared-capacity: answer UNAVAILABLE ("overloaded", safe to retry
+    /// elsewhere) at once, without calling the backend, when its queue has stood past this many queued
+    /// requests per slot for 100 ms, or reaches twice as many. A number from 0 to 100, or `off`.
+    #[arg(long, env = "LATERAL_AGENT_SHED_QUEUE_ALLOWANCE", value_name = "N|off",
+          default_value = "2", value_parser = parse_queue_allowance)]
+    pub shed_queue_allowance: QueueAllowance,
     /// Reporting, TLS and drain options.
     #[command(flatten)]
     pub report: ReportArgs,
@@ -397,6 +403,22 @@ impl ReportArgs {
     }
 }
 
+/// `--shed-queue-allowance`: queued requests per declared slot, or shedding off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueueAllowance(pub Option<f64>);
+
+fn parse_queue_allowance(s: &str) -> Result<QueueAllowance, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(QueueAllowance(None));
+    }
+    match s.parse::<f64>() {
+        Ok(n) if (0.0..=100.0).contains(&n) => Ok(QueueAllowance(Some(n))),
+        _ => Err(format!(
+            "expected queued requests per slot, from 0 to 100 (e.g. 2 or 0.5), or `off`; found {s:?}"
+        )),
+    }
+}
+
 fn parse_uri(s: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = s.parse().map_err(|e| format!("not a URI: {e}"))?;
     if uri.scheme_str() != Some("http") || uri.authority().is_none() {
@@ -428,6 +450,45 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("lateral-agent").chain(args.iter().copied()))
+    }
+
+    fn proxy_allowance(extra: &[&str]) -> Result<QueueAllowance, clap::Error> {
+        let mut args = vec![
+            "proxy",
+            "--listen",
+            "127.0.0.1:50052",
+            "--upstream",
+            "http://127.0.0.1:50051",
+            "--endpoint-id",
+            "e1",
+            "--insecure-dev",
+        ];
+        args.extend_from_slice(extra);
+        match parse(&args)?.command {
+            Command::Proxy(proxy) => Ok(proxy.shed_queue_allowance),
+            other => panic!("not proxy mode: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_shed_queue_allowance_defaults_to_two_and_can_be_off() {
+        assert_eq!(proxy_allowance(&[]).unwrap(), QueueAllowance(Some(2.0)));
+        assert_eq!(
+            proxy_allowance(&["--shed-queue-allowance", "0.5"]).unwrap(),
+            QueueAllowance(Some(0.5))
+        );
+        assert_eq!(
+            proxy_allowance(&["--shed-queue-allowance", "OFF"]).unwrap(),
+            QueueAllowance(None)
+        );
+        for bad in ["-1", "NaN", "inf", "101", "lots"] {
+            let flag = format!("--shed-queue-allowance={bad}");
+            let error = proxy_allowance(&[&flag]).unwrap_err();
+            assert!(
+                error.to_string().contains("from 0 to 100"),
+                "{bad}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -166,9 +166,9 @@ impl LoadLayer {
         })
     }
 
-    /// Requests refused by [`LoadLayer::with_shedding`] so far.
+    /// Requests refused by [`LoadLayer::with_shedding`] so far (the recorder's [`Recorder::shed_total`]).
     pub fn shed_total(&self) -> u64 {
-        self.shared.shedding.as_ref().map_or(0, |s| s.refused())
+        self.shared.recorder.shed_total()
     }
 
     /// The recorder this layer measures into.
@@ -230,6 +230,7 @@ where
                 recorder.now(),
             )
         }) {
+            recorder.count_shed();
             return ResponseFuture {
                 state: State::Shed { refusal },
                 shared: Arc::clone(&self.shared),

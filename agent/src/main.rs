@@ -124,6 +124,7 @@ async fn proxy(args: ProxyArgs, observability: Observability) -> Result<(), Erro
         // Requests had the whole drain grace period to finish; don't wait much longer after it.
         shutdown_grace: Duration::from_secs(1),
         dedup,
+        shed_queue_allowance: args.shed_queue_allowance.0,
         ..ProxyOptions::default()
     };
     let proxy = Proxy::bind(args.listen, args.upstream, recorder.clone(), opts)

@@ -184,6 +184,12 @@ impl AgentMetrics {
                 "Requests the client abandoned before the response ended.",
                 &[(None, r.cancelled_total() as f64)],
             );
+            family(
+                "lateral_agent_shed_total",
+                Kind::Counter,
+                "Requests refused unprocessed (UNAVAILABLE \"overloaded\") because the backend's queue stood past its allowance or reached twice it.",
+                &[(None, r.shed_total() as f64)],
+            );
         }
         w.finish()
     }

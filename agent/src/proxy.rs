@@ -73,6 +73,10 @@ pub struct ProxyOptions {
     pub orca: bool,
     /// Reject duplicate `x-lateral-request-id`s ([`crate::dedup`]; default none).
     pub dedup: Option<Arc<dyn DedupStore>>,
+    /// Overload shedding's queue allowance ([`crate::layer::shedding`]; default
+    /// [`DEFAULT_QUEUE_ALLOWANCE`](crate::layer::shedding::DEFAULT_QUEUE_ALLOWANCE); `None`: never shed).
+    /// Only a recorder with a declared capacity sheds.
+    pub shed_queue_allowance: Option<f64>,
 }
 
 impl Default for ProxyOptions {
@@ -82,6 +86,7 @@ impl Default for ProxyOptions {
             shutdown_grace: Duration::from_secs(5),
             orca: false,
             dedup: None,
+            shed_queue_allowance: Some(crate::layer::shedding::DEFAULT_QUEUE_ALLOWANCE),
         }
     }
 }
@@ -93,6 +98,7 @@ impl std::fmt::Debug for ProxyOptions {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("orca", &self.orca)
             .field("dedup", &self.dedup.is_some())
+            .field("shed_queue_allowance", &self.shed_queue_allowance)
             .finish()
     }
 }
@@ -139,6 +145,9 @@ impl Proxy {
         let mut layer = LoadLayer::new(recorder).with_orca(opts.orca);
         if let Some(store) = opts.dedup.clone() {
             layer = layer.with_dedup(store);
+        }
+        if let Some(allowance) = opts.shed_queue_allowance {
+            layer = layer.with_shedding(allowance);
         }
         let service = LoadService::new(forward, &layer);
 

@@ -174,6 +174,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     in_flight: AtomicU32,
     cancelled_total: AtomicU64,
+    shed_total: AtomicU64,
     accepting: AtomicBool,
     /// `UNSET` or a `u32` capacity.
     declared_capacity: AtomicU64,
@@ -224,6 +225,7 @@ impl Recorder {
                 clock,
                 in_flight: AtomicU32::new(0),
                 cancelled_total: AtomicU64::new(0),
+                shed_total: AtomicU64::new(0),
                 accepting: AtomicBool::new(true),
                 declared_capacity: AtomicU64::new(UNSET),
                 utilization: AtomicU64::new(UNSET),
@@ -307,6 +309,17 @@ impl Recorder {
     /// Requests whose guard was dropped without `finish` since the recorder was created.
     pub fn cancelled_total(&self) -> u64 {
         self.inner.cancelled_total.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request the load layer refused before it started (overload shedding): never in flight, never
+    /// measured, only counted.
+    pub fn count_shed(&self) {
+        self.inner.shed_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests refused by overload shedding ([`crate::layer::shedding`]) since the recorder was created.
+    pub fn shed_total(&self) -> u64 {
+        self.inner.shed_total.load(Ordering::Relaxed)
     }
 
     /// Sets whether the backend accepts new requests (drain sets `false`).

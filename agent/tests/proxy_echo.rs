@@ -205,3 +205,52 @@ async fn shutdown_lets_an_open_stream_finish() {
     );
     let _ = held.next().await;
 }
+
+#[tokio::test]
+async fn with_a_declared_capacity_the_proxy_sheds_past_its_hard_bound_unless_told_not_to() {
+    for allowance in [Some(0.5), None] {
+        let backend = EchoBackend::default();
+        let upstream = serve(backend.clone(), None).await;
+        let recorder = Recorder::new();
+        // Capacity 2, allowance 0.5: the hard bound is 2 + 2 = 4 in flight.
+        recorder.set_declared_capacity(Some(2));
+        let proxy = Proxy::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            format!("http://{upstream}").parse().unwrap(),
+            recorder.clone(),
+            ProxyOptions {
+                shed_queue_allowance: allowance,
+                ..ProxyOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut c = client(proxy.local_addr()).await;
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(
+                c.server_stream(req(echo::HOLD, 1, 0))
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            );
+        }
+        eventually("four in flight", || recorder.in_flight() == 4).await;
+        let answer = c.unary(req("x", 0, 0)).await;
+        match allowance {
+            Some(_) => {
+                let status = answer.unwrap_err();
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(status.message().starts_with("overloaded"), "{status:?}");
+                assert_eq!(recorder.shed_total(), 1);
+            }
+            None => {
+                assert_eq!(answer.unwrap().into_inner().message, "x");
+                assert_eq!(recorder.shed_total(), 0);
+            }
+        }
+        backend.release.notify_waiters();
+        drop(held);
+        proxy.shutdown().await;
+    }
+}

@@ -79,7 +79,6 @@ pub(super) enum Refusal {
 #[derive(Debug)]
 pub(super) struct Shedding {
     queue_allowance: f64,
-    refused: AtomicU64,
     /// The instant `above_since_us` counts from.
     epoch: Instant,
     /// Since when (µs after `epoch`, plus one) every arrival found the backend at its standing bound; 0: the
@@ -98,7 +97,6 @@ impl Shedding {
         };
         Self {
             queue_allowance,
-            refused: AtomicU64::new(0),
             epoch: now,
             above_since_us: AtomicU64::new(0),
         }
@@ -117,7 +115,7 @@ impl Shedding {
         )
     }
 
-    /// Whether a request arriving at `now` with `in_flight` already in flight is refused (and counts it if so).
+    /// Whether a request arriving at `now` with `in_flight` already in flight is refused (the caller counts it).
     pub(super) fn refuses(
         &self,
         in_flight: u32,
@@ -127,7 +125,7 @@ impl Shedding {
         let declared = declared?;
         let (standing, hard) = self.limits(declared);
         let count = u64::from(in_flight);
-        let refusal = if count >= hard {
+        if count >= hard {
             Some(Refusal::Full {
                 in_flight,
                 limit: hard,
@@ -153,16 +151,7 @@ impl Shedding {
                 limit: standing,
                 for_ms: stood.as_millis() as u64,
             })
-        };
-        if refusal.is_some() {
-            self.refused.fetch_add(1, Ordering::Relaxed);
         }
-        refusal
-    }
-
-    /// Requests refused so far.
-    pub(super) fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
     }
 
     pub(super) fn queue_allowance(&self) -> f64 {
@@ -218,7 +207,6 @@ mod tests {
             })
         );
         assert_eq!(s.refuses(1_000, None, t), None, "no capacity, no bound");
-        assert_eq!(s.refused(), 1);
     }
 
     #[test]
@@ -244,7 +232,6 @@ mod tests {
             }),
             "every arrival for 100 ms found it full"
         );
-        assert_eq!(s.refused(), 1);
         assert_eq!(s.refuses(3, Some(6), at(t, 260)), None, "room again");
         assert_eq!(s.refuses(12, Some(6), at(t, 270)), None);
     }

@@ -186,6 +186,7 @@ struct Ingest {
     heartbeats: u64,
     dropped: u64,
     rejected: u64,
+    missed: u64,
     connections: u64,
 }
 
@@ -277,6 +278,7 @@ pub(crate) fn state_json(handle: &CoordinatorHandle, history: usize) -> String {
             heartbeats: handle.stats.heartbeats.load(Relaxed),
             dropped: handle.stats.dropped.load(Relaxed),
             rejected: handle.stats.rejected.load(Relaxed),
+            missed: handle.stats.missed.load(Relaxed),
             connections: handle.stats.connections.load(Relaxed),
         },
     };

@@ -55,6 +55,29 @@ pub struct IngestStats {
     pub rejected: AtomicU64,
     /// Successful connections (Hello accepted).
     pub connections: AtomicU64,
+    /// Heartbeats an agent numbered that never arrived here: the gaps in its sequence numbers, across
+    /// reconnects (lost in flight when a connection broke, measured while disconnected, or skipped by a stream
+    /// that lagged at the agent). A sequence that goes back (the agent restarted) starts a new count.
+    pub missed: AtomicU64,
+}
+
+/// The last heartbeat sequence number received from one agent, kept across its reconnects.
+#[derive(Debug, Default)]
+struct SequenceGaps {
+    last: Option<u64>,
+}
+
+impl SequenceGaps {
+    /// Heartbeats missed before `sequence`.
+    fn observe(&mut self, sequence: u64) -> u64 {
+        let missed = match self.last {
+            Some(last) if sequence > last => sequence - last - 1,
+            // The first one seen, a repeat, or a restarted agent counting from 0 again.
+            _ => 0,
+        };
+        self.last = Some(sequence);
+        missed
+    }
 }
 
 /// Static settings of an ingest task.
@@ -153,9 +176,18 @@ pub(crate) async fn run(
     const BACKOFF_CAP: Duration = Duration::from_secs(10);
     let mut rng = SmallRng::seed_from_u64(seed_for(&service, &endpoint));
     let mut backoff = BACKOFF_START;
+    let mut gaps = SequenceGaps::default();
     loop {
         let mut served = false;
-        let end = session(&settings, &service, &endpoint, agent, &mut served).await;
+        let end = session(
+            &settings,
+            &service,
+            &endpoint,
+            agent,
+            &mut served,
+            &mut gaps,
+        )
+        .await;
         if matches!(end, StreamEnd::DriverGone) {
             return;
         }
@@ -195,6 +227,7 @@ async fn session(
     endpoint: &Arc<str>,
     agent: SocketAddr,
     served: &mut bool,
+    gaps: &mut SequenceGaps,
 ) -> StreamEnd {
     let connecting = match settings.quic.connect_with(
         settings.client_config.clone(),
@@ -210,7 +243,7 @@ async fn session(
         Ok(Err(e)) => return StreamEnd::Connect(e.to_string()),
         Err(_) => return StreamEnd::Connect(format!("timed out after {connect_timeout:?}")),
     };
-    let end = read_stream(settings, service, endpoint, &connection, served).await;
+    let end = read_stream(settings, service, endpoint, &connection, served, gaps).await;
     let code = match end {
         StreamEnd::Frame(_) | StreamEnd::Protocol(_) => 1u32,
         _ => 0,
@@ -225,6 +258,7 @@ async fn read_stream(
     endpoint: &Arc<str>,
     connection: &quinn::Connection,
     served: &mut bool,
+    gaps: &mut SequenceGaps,
 ) -> StreamEnd {
     // Freshness is the engine's business (by receive time); this only recycles a connection that went
     // silent, so it may be generous.
@@ -275,7 +309,13 @@ async fn read_stream(
             _ if !hello_seen => {
                 return StreamEnd::Protocol("a message before Hello".into());
             }
-            Message::Heartbeat(hb) => IngestKind::Heartbeat(hb),
+            Message::Heartbeat(hb) => {
+                let missed = gaps.observe(hb.sequence);
+                if missed > 0 {
+                    settings.stats.missed.fetch_add(missed, Ordering::Relaxed);
+                }
+                IngestKind::Heartbeat(hb)
+            }
             Message::Goodbye(bye) => IngestKind::Goodbye(bye),
         };
         *served = true;
@@ -324,6 +364,26 @@ async fn read_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequence_gaps_count_what_never_arrived_and_restart_with_the_agent() {
+        let mut gaps = SequenceGaps::default();
+        assert_eq!(
+            gaps.observe(41),
+            0,
+            "the first one seen: nothing to compare"
+        );
+        assert_eq!(gaps.observe(42), 0);
+        assert_eq!(gaps.observe(45), 2, "43 and 44 lost (a reconnect)");
+        assert_eq!(gaps.observe(45), 0, "a repeat");
+        assert_eq!(gaps.observe(1), 0, "the agent restarted");
+        assert_eq!(gaps.observe(3), 1);
+        assert_eq!(
+            gaps.observe(u64::MAX),
+            u64::MAX - 4,
+            "a lying agent only inflates a counter"
+        );
+    }
 
     /// The values of the lean transport, read back from quinn's `Debug` (it has no getters).
     #[test]

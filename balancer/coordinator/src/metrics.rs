@@ -660,6 +660,11 @@ impl CoordinatorMetrics {
                 &ingest.discarded,
             ),
             (
+                "lateral_coordinator_ingest_missed_total",
+                "Heartbeats agents numbered that never arrived (sequence gaps: lost across a reconnect, measured while disconnected, skipped by a lagging stream).",
+                &ingest.missed,
+            ),
+            (
                 "lateral_coordinator_ingest_rejected_total",
                 "Frames or streams rejected (bad frame, wrong endpoint id, protocol order).",
                 &ingest.rejected,

@@ -59,6 +59,7 @@ struct Sample {
     dropped: u64,
     discarded: u64,
     rejected: u64,
+    missed: u64,
     connections: u64,
 }
 
@@ -71,6 +72,7 @@ fn sample(t: f64, stats: &IngestStats, sent: u64) -> Sample {
         dropped: stats.dropped.load(Ordering::Relaxed),
         discarded: stats.discarded.load(Ordering::Relaxed),
         rejected: stats.rejected.load(Ordering::Relaxed),
+        missed: stats.missed.load(Ordering::Relaxed),
         connections: stats.connections.load(Ordering::Relaxed),
     }
 }
@@ -195,12 +197,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "connections             {} for {} endpoints",
         f.connections, args.endpoints
     );
-    let accounted = received + drops == f.sent;
+    // What was written but neither taken nor dropped here was lost in flight (a connection that broke with
+    // frames unread); the coordinator counts it among the sequence gaps (`missed`, which also holds the
+    // agent-side skips).
+    let lost_in_flight = (f.sent as i64 - drops as i64 - received as i64).max(0) as u64;
     println!(
-        "received == sent − drops {} ({} vs {})",
+        "sequence gaps (missed)  {} (lost in flight {lost_in_flight} + agent-side skips {skipped}, and any measured while disconnected)",
+        f.missed
+    );
+    let accounted = received + drops <= f.sent && lost_in_flight + skipped <= f.missed;
+    println!(
+        "every heartbeat counted {} (received {received} + drops {drops} + lost in flight {lost_in_flight} = sent {}; missed {} ≥ {})",
         if accounted { "yes" } else { "NO" },
-        received,
-        f.sent as i64 - drops as i64
+        f.sent,
+        f.missed,
+        lost_in_flight + skipped
     );
     println!("wrote {} and {}", csv_path.display(), png_path.display());
     let pass = growth_ok && accounted;
