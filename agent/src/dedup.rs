@@ -40,7 +40,7 @@ pub use redis::{
 };
 
 /// The request header carrying Lateral's request id.
-pub const REQUEST_ID_HEADER: &str = "x-lateral-request-id";
+pub use lateral_proto::headers::REQUEST_ID_HEADER;
 
 /// What the store says about an id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,11 @@
 //! retry is unused (a request that may have reached a backend is retried at most once, and the agent drops
 //! a duplicate by request id). A non-idempotent attempt keeps waiting for its own deadline. An attempt on an
 //! endpoint that keeps answering other requests is slow, not stalled, and is left alone.
+//!
+//! Retries: a request that never left (connect refused, reset before headers) or that an agent refused
+//! before its backend saw it (`x-lateral-refused`, overload shedding) may try up to three endpoints, whatever
+//! the method; one that may have reached a backend is retried once, and only if idempotent. All of them
+//! draw on the retry budget.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -21,6 +26,8 @@ use http::{Request, Response};
 use tokio_util::sync::DropGuard;
 use tonic::body::Body;
 use tower::{Service, ServiceExt};
+
+use lateral_proto::headers::REFUSED_HEADER;
 
 use super::endpoints::{EndpointHandle, InFlightGuard};
 use super::metrics::ClientMetrics;
@@ -348,7 +355,16 @@ impl Inner {
                     .headers()
                     .get("grpc-status")
                     .is_some_and(|v| v.as_bytes() == b"14");
-                if unavailable && idempotent {
+                if unavailable && response.headers().contains_key(REFUSED_HEADER) {
+                    // Refused by the agent before the backend saw it (overload shedding): nothing was
+                    // processed, so any method may go elsewhere, like a request that never left, without
+                    // using the once-only retry of a sent request.
+                    self.shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                    Outcome::Retry {
+                        result: Ok((response, guard)),
+                        sent: false,
+                    }
+                } else if unavailable && idempotent {
                     Outcome::Retry {
                         result: Ok((response, guard)),
                         sent: true,

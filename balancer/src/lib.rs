@@ -27,6 +27,10 @@
 //! - [`channel`]: the `tower::Service`: request ids, pick, dispatch on the endpoint's lazily-connected
 //!   tonic channel ([`endpoints`]), retries under a budget ([`retry`]), response tracking, and liveness
 //!   from completions: an attempt on an endpoint that answers nothing is cancelled and, when safe, retried.
+//!   A call answers `http::Response<`[`ResponseBody`]`>`: the transport's body with the end-of-response
+//!   bookkeeping, not boxed again (generated tonic clients take any body; `tonic::body::Body::new` makes
+//!   one where a `Body` is required). Per call the balancer allocates twice beyond a plain `Channel` (the
+//!   boxed future and the request body tonic's `Body` boxes), plus what h2 spends carrying the request id.
 //! - [`orca`]: reading ORCA trailers (server-side in-flight for the pick, utilization for zone preference);
 //!   [`metrics`]: Prometheus text.
 //! - Routing variants, each off by default and precomputed by the policy task so that the pick stays
@@ -100,7 +104,7 @@ pub use lateral_coordinator as coordinator;
 
 /// The request header carrying a request id that stays the same across retries, so the agent can drop a
 /// duplicate.
-pub const REQUEST_ID_HEADER: &str = "x-lateral-request-id";
+pub use lateral_proto::headers::REQUEST_ID_HEADER;
 
 /// Internals that the benches and fuzz targets drive directly; not a stable API.
 #[doc(hidden)]

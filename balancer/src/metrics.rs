@@ -25,6 +25,8 @@ pub struct ClientMetrics {
     pub(crate) orca_reports: AtomicU64,
     /// Attempts that found their endpoint stalled (answering nothing past its stall bound).
     pub(crate) stalled: AtomicU64,
+    /// Attempts an agent refused before its backend saw them (`x-lateral-refused`: overload shedding).
+    pub(crate) refused: AtomicU64,
     picks: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
     /// The dynamic/static split's per-group series (rendered only with a split).
     pub(crate) split: super::split::SplitMetrics,
@@ -46,6 +48,7 @@ impl ClientMetrics {
             snapshots: AtomicU64::new(0),
             orca_reports: AtomicU64::new(0),
             stalled: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             picks: Mutex::new(BTreeMap::new()),
             split: Default::default(),
             zones: Default::default(),
@@ -101,6 +104,11 @@ impl ClientMetrics {
     /// Attempts cancelled or flagged because their endpoint answered nothing past its stall bound.
     pub fn stalled(&self) -> u64 {
         self.stalled.load(Ordering::Relaxed)
+    }
+
+    /// Attempts an agent refused unprocessed (overload shedding); each may have gone elsewhere.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Picks per endpoint id (includes retries).
@@ -198,6 +206,12 @@ impl ClientMetrics {
                 Kind::Counter,
                 "Attempts whose endpoint answered nothing past its stall bound (set aside locally).",
                 self.stalled(),
+            ),
+            (
+                "lateral_client_refused_attempts_total",
+                Kind::Counter,
+                "Attempts an agent refused before its backend saw them (overload shedding).",
+                self.refused(),
             ),
         ] {
             w.family(name, kind, help);
@@ -300,6 +314,12 @@ mod tests {
                 "lateral_client_stalled_attempts_total",
                 "counter",
                 "Attempts whose endpoint answered nothing past its stall bound (set aside locally).",
+                0,
+            ),
+            (
+                "lateral_client_refused_attempts_total",
+                "counter",
+                "Attempts an agent refused before its backend saw them (overload shedding).",
                 0,
             ),
         ] {

@@ -373,7 +373,18 @@ impl PickerSnapshot {
                 fallback.get_or_insert(candidate);
             }
         }
-        fallback
+        // A small weight can go unseen by the probes (1 in 1,000 of the picks): any other endpoint with a
+        // weight, the usable ones first, rather than no retry at all.
+        let weighted = |i: &usize| {
+            self.endpoints[*i].id() != avoid.id() && self.shares.get(*i).is_some_and(|s| *s > 0.0)
+        };
+        fallback.or_else(|| {
+            (0..self.endpoints.len())
+                .filter(weighted)
+                .find(|i| self.usable(*i, now_us))
+                .or_else(|| (0..self.endpoints.len()).find(weighted))
+                .map(|i| &self.endpoints[i])
+        })
     }
 }
 
@@ -501,6 +512,22 @@ mod tests {
             counts[i] += 1;
         }
         counts
+    }
+
+    #[tokio::test]
+    async fn a_retry_finds_an_endpoint_whose_weight_the_probes_rarely_see() {
+        let picker = snapshot(&[0.999, 0.001, 0.0], &[true, true, true], 2);
+        let avoid = Arc::clone(&picker.endpoints[0]);
+        for _ in 0..100 {
+            let other = picker.pick_other(&avoid, 1_000).map(|e| e.id().to_string());
+            assert_eq!(other.as_deref(), Some("e1"), "never the weightless e2");
+        }
+        let only = snapshot(&[1.0, 0.0], &[true, true], 2);
+        let avoid = Arc::clone(&only.endpoints[0]);
+        assert!(
+            only.pick_other(&avoid, 1_000).is_none(),
+            "no weighted other"
+        );
     }
 
     #[tokio::test]

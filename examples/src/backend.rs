@@ -46,7 +46,7 @@ pub struct BackendSpec {
     pub heartbeat_interval: Duration,
     /// Seed of the service-time generator.
     pub seed: u64,
-    /// The layer's overload shedding: refuse past `slots · (1 + allowance)` in flight (`None`: never shed).
+    /// The layer's overload shedding: its queue allowance (`None`: never shed; see `lateral_agent::layer::shedding`).
     pub shed_queue_allowance: Option<f64>,
 }
 
@@ -76,10 +76,6 @@ pub struct Backend {
     tls: TlsMode,
     server: Option<JoinSet<()>>,
     reporter: Option<ReporterHandle>,
-    /// The layer of the current (or last) server, for its shedding counter.
-    layer: Option<LoadLayer>,
-    /// Requests shed by servers of earlier launches (the counter starts again with each layer).
-    shed_before: u64,
 }
 
 impl std::fmt::Debug for Backend {
@@ -115,8 +111,6 @@ impl Backend {
             tls,
             server: None,
             reporter: None,
-            layer: None,
-            shed_before: 0,
         };
         backend.launch().await?;
         Ok(backend)
@@ -134,8 +128,6 @@ impl Backend {
         if let Some(allowance) = self.spec.shed_queue_allowance {
             layer = layer.with_shedding(allowance);
         }
-        self.shed_before += self.layer.as_ref().map_or(0, LoadLayer::shed_total);
-        self.layer = Some(layer.clone());
         let echo = SimulatedEcho::new(&self.spec.name, self.knobs.clone(), self.spec.seed);
         let routes = tonic::service::Routes::new(EchoServer::new(echo)).prepare();
         let routes = drip::Drip::new(routes, self.knobs.clone());
@@ -190,9 +182,10 @@ impl Backend {
         &self.spec
     }
 
-    /// Requests the measuring layer refused as overload, over every launch.
+    /// Requests the measuring layer refused as overload, over every launch (the recorder, which every
+    /// launch's layer shares, counts them).
     pub fn shed_total(&self) -> u64 {
-        self.shed_before + self.layer.as_ref().map_or(0, LoadLayer::shed_total)
+        self.recorder.shed_total()
     }
 
     /// The agent's reporter, while it runs.

@@ -39,9 +39,9 @@ async fn an_embedded_balancer_moves_traffic_toward_the_faster_backend() {
             batch.spawn(async move { c.unary(EchoRequest::default()).await });
         }
         while let Some(result) = batch.join_next().await {
-            // Bursts of 40 on 2 × 8 slots can pass an agent's queue allowance: that refusal (immediate,
-            // UNAVAILABLE, the method is not marked idempotent so it is not retried) is the agent shedding
-            // as designed; anything else is a failure.
+            // Bursts of 40 on 2 × 8 slots can pass both agents' queue allowance: a request refused by
+            // every endpoint it tried (immediate, UNAVAILABLE "overloaded"; a refusal goes elsewhere
+            // whatever the method) is the agents shedding as designed; anything else is a failure.
             match result.unwrap() {
                 Ok(_) => {}
                 Err(status)

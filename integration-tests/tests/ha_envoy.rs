@@ -214,8 +214,10 @@ async fn killing_the_leader_under_load_through_envoy_loses_nothing_and_never_goe
             "no calls went through Envoy during the failover"
         );
         assert!(!after_kill.is_empty(), "Envoy's weights were not sampled");
+        // Measured 0.73-0.78 on a quiet machine and 0.63 with a compile beside it (both backends' latencies
+        // inflate, the measured ratio narrows); a fall back to static weights is 0.500 exactly.
         assert!(
-            lo > 0.65,
+            lo > 0.6,
             "Envoy's share of a fell to {lo:.3} after the kill: toward the static 0.5"
         );
         drop((a, b));

@@ -20,6 +20,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod etcd;
+pub mod headers;
 pub mod heartbeat;
 
 /// The coordinator API, `lateral.v1`.

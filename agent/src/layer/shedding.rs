@@ -14,9 +14,10 @@
 //! in the model below that changes the refusals at 90 % load from 0.07 % to 0.10 %), so departures cost
 //! nothing here. A refused request is not measured (it costs the backend nothing) and is refused *before*
 //! the request-id dedup check, so a retry of it elsewhere — or here, later — is not taken for a duplicate.
-//! The client's balancer retries an `UNAVAILABLE` answer once on another endpoint for idempotent methods,
-//! within its retry budget; what is still refused then reaches the caller as a clear, immediate status
-//! instead of a timeout.
+//! The refusal carries `x-lateral-refused: overloaded` ([`lateral_proto::headers::REFUSED_HEADER`]): the
+//! client's balancer may send such a request elsewhere whatever the method (nothing was processed), on up to
+//! three endpoints in all, within its retry budget; what is still refused then reaches the caller as a clear,
+//! immediate status instead of a timeout.
 //!
 //! # Why here, and why this bound
 //! The refusal lives in the agent's layer because it is the only place that sees the backend's whole queue:
@@ -51,6 +52,7 @@ use std::time::Duration;
 
 use http::Response;
 use http_body::Body;
+use lateral_proto::headers::{REFUSED_HEADER, REFUSED_OVERLOADED};
 use tokio::time::Instant;
 
 use super::LoadBody;
@@ -169,10 +171,15 @@ pub(super) fn refusal<B: Body>(refusal: Refusal) -> Response<LoadBody<B>> {
             for_ms,
         } => format!("{in_flight} in flight, at or above {limit} for {for_ms} ms"),
     };
-    tonic::Status::unavailable(format!(
+    let mut response = tonic::Status::unavailable(format!(
         "overloaded: refused before processing ({why}); safe to retry elsewhere"
     ))
-    .into_http()
+    .into_http();
+    response.headers_mut().insert(
+        REFUSED_HEADER,
+        http::HeaderValue::from_static(REFUSED_OVERLOADED),
+    );
+    response
 }
 
 #[cfg(test)]
