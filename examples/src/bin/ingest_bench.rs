@@ -17,9 +17,13 @@
 //!   coordinator starts to one second after every agent is connected, divided by the endpoint count. The
 //!   agents' memory is in the child and not counted (its RSS is printed for information). Earlier versions
 //!   ran the agents in the same process, which counted both ends of every connection.
+//! - *Live heap per endpoint* is the growth, over the same span, of the bytes this process holds allocated
+//!   (a counting global allocator): what the coordinator keeps per endpoint, without the allocator's free
+//!   pages and fragmentation left by the TLS handshakes that RSS also counts.
 //! - *Ingest per core-second* is heartbeats accepted during the measured seconds divided by this process's
 //!   CPU seconds (user + system) in the same period.
 
+use std::alloc::System;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -27,6 +31,16 @@ use clap::Parser;
 use lateral_coordinator::Coordinator;
 use lateral_examples::ingest_agents::{self, AgentsChild, cpu_seconds, rss_kib};
 use lateral_ops::tls::DevPki;
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Bytes this process holds allocated now.
+fn live_heap_bytes() -> i64 {
+    let stats = GLOBAL.stats();
+    stats.bytes_allocated as i64 - stats.bytes_deallocated as i64 + stats.bytes_reallocated as i64
+}
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -55,6 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     let rss_before = rss_kib();
+    let heap_before = live_heap_bytes();
     runtime.block_on(async move {
         let coordinator = Coordinator::start(config).await?;
         let stats = coordinator.handle().stats();
@@ -67,6 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let connected = stats.connections.load(Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss_connected = rss_kib();
+        let heap_connected = live_heap_bytes();
         let start_count = stats.heartbeats.load(Ordering::Relaxed);
         let dropped_before = stats.dropped.load(Ordering::Relaxed);
         let cpu_before = cpu_seconds("/proc/self/stat");
@@ -92,6 +108,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rss_before,
             rss_connected,
             agents.rss_kib()
+        );
+        println!(
+            "live heap per endpoint  {:.1} KiB (bytes held allocated, same span)",
+            (heap_connected - heap_before) as f64 / 1024.0 / args.endpoints as f64
         );
         drop(coordinator);
         let _ = agents.counts();
